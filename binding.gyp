@@ -1,0 +1,32 @@
+{
+  "targets": [
+    {
+      "target_name": "fusekit",
+      "sources": [
+        "native/binding.cc",
+        "native/creds.cc",
+        "native/filesystems.cc",
+        "native/inode_store.cc",
+        "native/js_config.cc",
+        "native/locks.cc",
+        "native/mount_handle.cc",
+        "native/passthrough.cc",
+        "native/session.cc",
+        "native/stats.cc",
+        "native/sys.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<!@(node scripts/libfuse-flags.js --cflags | sed 's/^-I//')"
+      ],
+      "defines": ["FUSE_USE_VERSION=318", "NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=gnu++20", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "libraries": ["<!@(node scripts/libfuse-flags.js --libs)"],
+      "conditions": [
+        ["OS!='linux'", { "type": "none" }]
+      ]
+    }
+  ]
+}

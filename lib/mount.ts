@@ -1,0 +1,199 @@
+import { constants as fsc, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+import { FusekitError } from './errors';
+import { native, type NativeMountHandle, type NativeStats } from './native';
+import { type MountOptions, type NormalizedOptions, normalizeOptions } from './options';
+
+export type MountStats = NativeStats;
+
+export interface UnmountOptions {
+  /** Detach now even if busy; open files keep working until closed. */
+  lazy?: boolean;
+  /** Abort the connection: in-flight and later requests on open files fail. */
+  force?: boolean;
+}
+
+/** A live fusekit mount. */
+export class Mount {
+  readonly mountpoint: string;
+  readonly source: string;
+  /** Resolves when the mount has ended, however it was unmounted (also from outside). */
+  readonly closed: Promise<void>;
+
+  #handle: NativeMountHandle;
+  #unmounting: Promise<void> | undefined;
+  #isClosed = false;
+
+  /** @internal */
+  constructor(handle: NativeMountHandle, options: NormalizedOptions, closed: Promise<void>) {
+    this.#handle = handle;
+    this.mountpoint = options.mountpoint;
+    this.source = options.source;
+    this.closed = closed.then(() => {
+      this.#isClosed = true;
+      live.delete(this);
+    });
+  }
+
+  /** The transport requests really travel over ('io_uring' or 'dev'). */
+  get transport(): 'io_uring' | 'dev' {
+    return this.#handle.info().transport;
+  }
+
+  /** Whether kernel passthrough was negotiated for this mount. */
+  get passthrough(): boolean {
+    return this.#handle.info().passthrough;
+  }
+
+  get isClosed(): boolean {
+    return this.#isClosed;
+  }
+
+  /**
+   * Unmounts. Without options a busy mount is refused with EBUSY and nothing changes. Resolves once
+   * the request threads have stopped (for `lazy`, once the mount is detached). Idempotent.
+   */
+  unmount(options: UnmountOptions = {}): Promise<void> {
+    if (this.#isClosed) return Promise.resolve();
+    if (this.#unmounting) return this.#unmounting;
+    const mode = options.force ? 'force' : options.lazy ? 'lazy' : 'normal';
+    const p = this.#handle.unmount(mode).then(
+      async () => {
+        if (mode !== 'lazy') await this.closed;
+      },
+      (err: unknown) => {
+        this.#unmounting = undefined;
+        throw FusekitError.from(err, undefined, this.mountpoint);
+      },
+    );
+    this.#unmounting = p;
+    return p;
+  }
+
+  /** Per-operation counts, errors by errno, latency histograms, transport and passthrough use. */
+  stats(): MountStats {
+    return this.#handle.stats();
+  }
+
+  /** Keep the process alive while mounted (the default). */
+  ref(): this {
+    this.#handle.ref();
+    return this;
+  }
+
+  /** Let the process exit while mounted; the mount is removed on exit. */
+  unref(): this {
+    this.#handle.unref();
+    return this;
+  }
+}
+
+const live = new Set<Mount>();
+let hooksInstalled = false;
+
+// Mounts end with the process: on a normal exit and on SIGINT/SIGTERM they are detached (the
+// native watchdog covers SIGKILL). A signal handler of the application keeps control of exiting.
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', () => native().detachAll());
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    const onSignal = (): void => {
+      native().detachAll();
+      if (process.listenerCount(sig) === 1) {
+        process.removeListener(sig, onSignal);
+        process.kill(process.pid, sig);
+      }
+    };
+    process.on(sig, onSignal);
+  }
+}
+
+async function isMountPoint(dir: string): Promise<boolean> {
+  const info = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  for (const line of info.split('\n')) {
+    const f = line.split(' ');
+    if (f.length > 4 && unescapeMountinfo(f[4]!) === dir) return true;
+  }
+  return false;
+}
+
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+function fail(code: string, message: string, p?: string, cause?: unknown): never {
+  throw new FusekitError(code, message, { path: p, cause });
+}
+
+/** Checks everything a user can get wrong before touching the system. */
+async function preflight(o: NormalizedOptions): Promise<void> {
+  try {
+    const st = await fsp.stat(o.source);
+    if (!st.isDirectory()) fail('ENOTDIR', `source ${o.source} is not a directory`, o.source);
+  } catch (e) {
+    if (e instanceof FusekitError) throw e;
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    fail(code, `source ${o.source} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.source, e);
+  }
+  let real: string;
+  try {
+    const st = await fsp.stat(o.mountpoint);
+    if (!st.isDirectory()) fail('ENOTDIR', `mount point ${o.mountpoint} is not a directory`, o.mountpoint);
+    real = await fsp.realpath(o.mountpoint);
+  } catch (e) {
+    if (e instanceof FusekitError) throw e;
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    fail(code, `mount point ${o.mountpoint} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.mountpoint, e);
+  }
+  if (await isMountPoint(real))
+    fail('EBUSY', `mount point ${o.mountpoint} is already a mount point`, o.mountpoint);
+  if (!o.allowNonEmpty && (await fsp.readdir(o.mountpoint)).length > 0)
+    fail('ENOTEMPTY', `mount point ${o.mountpoint} is not empty (allowNonEmpty: true mounts over it)`, o.mountpoint);
+  try {
+    await fsp.access('/dev/fuse', fsc.R_OK | fsc.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    if (code === 'ENOENT') fail('ENODEV', '/dev/fuse does not exist: load the fuse kernel module (modprobe fuse)', '/dev/fuse', e);
+    fail(code, `/dev/fuse cannot be opened (${code}): mounting needs root or access to /dev/fuse`, '/dev/fuse', e);
+  }
+}
+
+/**
+ * Mounts a passthrough filesystem mirroring `source` at `mountpoint`, served entirely by native
+ * threads. Rejects with a FusekitError (code = errno name) and leaves nothing mounted on failure.
+ */
+export async function mount(options: MountOptions): Promise<Mount> {
+  const o = normalizeOptions(options);
+  await preflight(o);
+  const binding = native();
+  let resolveClosed!: () => void;
+  const closed = new Promise<void>((r) => (resolveClosed = r));
+  let handle: NativeMountHandle;
+  try {
+    const { allowNonEmpty: _, ...config } = o;
+    handle = await binding.mount(config, () => resolveClosed());
+  } catch (e) {
+    throw FusekitError.from(e, undefined, o.mountpoint);
+  }
+  const m = new Mount(handle, o, closed);
+  live.add(m);
+  installExitHooks();
+  return m;
+}
+
+/** Unmounts a fusekit mount by path, also one served by another process. */
+export function unmountPath(mountpoint: string, options: UnmountOptions = {}): void {
+  const mode = options.force ? 'force' : options.lazy ? 'lazy' : 'normal';
+  try {
+    native().unmountPath(path.resolve(mountpoint), mode);
+  } catch (e) {
+    throw FusekitError.from(e, undefined, mountpoint);
+  }
+}
+
+/** Mounts of this process that have not ended yet. */
+export function liveMounts(): Mount[] {
+  return [...live];
+}

@@ -1,0 +1,85 @@
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+
+/** The addon's surface, as binding.cc and mount_handle.cc define it. */
+export interface NativeConfig {
+  source: string;
+  mountpoint: string;
+  fsname: string;
+  subtype: string;
+  readOnly: boolean;
+  allowOther: boolean;
+  devices: boolean;
+  suid: boolean;
+  debug: boolean;
+  passthrough: 'auto' | 'on' | 'off';
+  transport: 'auto' | 'io_uring' | 'dev';
+  threads: number;
+  uringQueueDepth: number;
+  entryTimeout: number;
+  attrTimeout: number;
+  negativeTimeout: number;
+}
+
+export interface NativeOpCounters {
+  count: number;
+  errors: number;
+  totalNs: number;
+  latencyLog2Ns: number[];
+  errnos: Record<string, number>;
+}
+
+export interface NativeStats {
+  ops: Record<string, NativeOpCounters>;
+  transport: 'io_uring' | 'dev';
+  requests: { ioUring: number; dev: number };
+  daemonBytes: { read: number; written: number };
+  passthrough: {
+    enabled: boolean;
+    opens: number;
+    directOpens: number;
+    cachedOpens: number;
+    backingRegistered: number;
+    backingActive: number;
+    failures: number;
+  };
+  inodes: number;
+}
+
+export interface NativeMountHandle {
+  unmount(mode?: 'normal' | 'lazy' | 'force'): Promise<void>;
+  stats(): NativeStats;
+  info(): { mountpoint: string; transport: 'io_uring' | 'dev'; passthrough: boolean; closed: boolean };
+  ref(): void;
+  unref(): void;
+}
+
+export interface NativeBinding {
+  mount(config: NativeConfig, onClosed: () => void): Promise<NativeMountHandle>;
+  unmountPath(path: string, mode?: 'normal' | 'lazy' | 'force'): void;
+  detachAll(): void;
+  capabilities(): { capSysAdmin: boolean; uringEnabled: boolean; libfuseVersion: number };
+}
+
+let binding: NativeBinding | undefined;
+
+/** The package directory, from lib/ (sources run by tsx) or dist/lib/ (compiled). */
+export function packageRoot(): string {
+  let dir = __dirname;
+  while (!existsSync(path.join(dir, 'binding.gyp'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('fusekit: cannot find the package directory');
+    dir = up;
+  }
+  return dir;
+}
+
+/** Loads the addon: a prebuild when one matches, else build/Release. */
+export function native(): NativeBinding {
+  if (!binding) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+    binding = load(packageRoot());
+  }
+  return binding;
+}

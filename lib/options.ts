@@ -1,0 +1,163 @@
+import * as path from 'node:path';
+
+import { invalid } from './errors';
+import type { NativeConfig } from './native';
+
+/** Options of `mount()`. Every one is also a kebab-case flag of `fusekit mount`. */
+export interface MountOptions {
+  /** Directory to mirror. */
+  source: string;
+  /** Empty directory to mount on. */
+  mountpoint: string;
+  /** Mount read-only (the kernel and the daemon both refuse writes). Default false. */
+  readOnly?: boolean;
+  /**
+   * Data path. 'auto' (default) uses kernel FUSE passthrough when the kernel and privileges allow
+   * (root) and the daemon's splice path otherwise; 'on' fails to mount without it; 'off' always
+   * serves data through the daemon.
+   */
+  passthrough?: 'auto' | 'on' | 'off';
+  /**
+   * Request transport. 'auto' (default) uses FUSE-over-io_uring when the kernel has it enabled,
+   * else /dev/fuse; 'io_uring' fails without it; 'dev' always uses /dev/fuse.
+   */
+  transport?: 'auto' | 'io_uring' | 'dev';
+  /** Maximum request threads of the /dev/fuse loop (default 10). */
+  threads?: number;
+  /** io_uring queue depth per CPU (default 16). */
+  uringQueueDepth?: number;
+  /** Seconds the kernel may cache names (default 1). */
+  entryTimeout?: number;
+  /** Seconds the kernel may cache attributes (default 1). */
+  attrTimeout?: number;
+  /** Seconds the kernel may cache "no such file" (default 0). */
+  negativeTimeout?: number;
+  /** Let users other than the mounting one use the mount. Default false. */
+  allowOther?: boolean;
+  /** Filesystem name shown in /proc/mounts (default: the source path). */
+  fsname?: string;
+  /** Filesystem subtype: the type shows as fuse.<subtype> (default "fusekit"). */
+  subtype?: string;
+  /** Honour device nodes and allow creating them (mount without nodev). Default false. */
+  devices?: boolean;
+  /** Honour setuid/setgid bits on executables (mount without nosuid). Default false. */
+  suid?: boolean;
+  /** Allow mounting over a non-empty directory (its content is hidden). Default false. */
+  allowNonEmpty?: boolean;
+  /** libfuse debug output on stderr. Default false. */
+  debug?: boolean;
+}
+
+type Spec =
+  | { kind: 'boolean'; help: string }
+  | { kind: 'enum'; values: readonly string[]; help: string }
+  | { kind: 'number'; min: number; max: number; integer: boolean; help: string }
+  | { kind: 'string'; pattern?: RegExp; help: string };
+
+/** The tunable options (all but source/mountpoint), shared by validation and the CLI. */
+export const OPTION_SPECS: Record<string, Spec> = {
+  readOnly: { kind: 'boolean', help: 'mount read-only' },
+  passthrough: {
+    kind: 'enum',
+    values: ['auto', 'on', 'off'],
+    help: 'kernel passthrough data path: auto, on or off',
+  },
+  transport: {
+    kind: 'enum',
+    values: ['auto', 'io_uring', 'dev'],
+    help: 'request transport: auto, io_uring or dev',
+  },
+  threads: { kind: 'number', min: 1, max: 1024, integer: true, help: 'max /dev/fuse threads' },
+  uringQueueDepth: {
+    kind: 'number',
+    min: 1,
+    max: 4096,
+    integer: true,
+    help: 'io_uring queue depth per CPU',
+  },
+  entryTimeout: { kind: 'number', min: 0, max: 1e7, integer: false, help: 'name cache seconds' },
+  attrTimeout: { kind: 'number', min: 0, max: 1e7, integer: false, help: 'attribute cache seconds' },
+  negativeTimeout: {
+    kind: 'number',
+    min: 0,
+    max: 1e7,
+    integer: false,
+    help: 'negative lookup cache seconds',
+  },
+  allowOther: { kind: 'boolean', help: 'allow access by other users' },
+  fsname: { kind: 'string', help: 'filesystem name in /proc/mounts' },
+  subtype: { kind: 'string', pattern: /^[A-Za-z0-9_.-]{1,32}$/, help: 'type shows as fuse.<subtype>' },
+  devices: { kind: 'boolean', help: 'honour and allow device nodes' },
+  suid: { kind: 'boolean', help: 'honour setuid/setgid executables' },
+  allowNonEmpty: { kind: 'boolean', help: 'allow a non-empty mount point' },
+  debug: { kind: 'boolean', help: 'libfuse debug output' },
+};
+
+export function checkOption(name: string, value: unknown): void {
+  const spec = OPTION_SPECS[name];
+  if (!spec) throw invalid(`unknown option '${name}'`);
+  switch (spec.kind) {
+    case 'boolean':
+      if (typeof value !== 'boolean') throw invalid(`option ${name} must be a boolean`);
+      return;
+    case 'enum':
+      if (typeof value !== 'string' || !spec.values.includes(value))
+        throw invalid(`option ${name} must be one of ${spec.values.join(', ')}`);
+      return;
+    case 'number':
+      if (typeof value !== 'number' || !Number.isFinite(value))
+        throw invalid(`option ${name} must be a finite number`);
+      if (spec.integer && !Number.isInteger(value))
+        throw invalid(`option ${name} must be an integer`);
+      if (value < spec.min || value > spec.max)
+        throw invalid(`option ${name} must be between ${spec.min} and ${spec.max}`);
+      return;
+    case 'string':
+      if (typeof value !== 'string' || value.length === 0 || value.includes('\0'))
+        throw invalid(`option ${name} must be a non-empty string`);
+      if (spec.pattern && !spec.pattern.test(value))
+        throw invalid(`option ${name} must match ${spec.pattern}`);
+      return;
+  }
+}
+
+function checkPath(name: string, value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0 || value.includes('\0'))
+    throw invalid(`option ${name} must be a non-empty path`);
+  return path.resolve(value);
+}
+
+export interface NormalizedOptions extends NativeConfig {
+  allowNonEmpty: boolean;
+}
+
+/** Validates options before anything touches the system and fills in the defaults. */
+export function normalizeOptions(options: MountOptions): NormalizedOptions {
+  if (typeof options !== 'object' || options === null)
+    throw invalid('mount() needs an options object');
+  for (const [key, value] of Object.entries(options)) {
+    if (key === 'source' || key === 'mountpoint' || value === undefined) continue;
+    checkOption(key, value);
+  }
+  const source = checkPath('source', options.source);
+  const mountpoint = checkPath('mountpoint', options.mountpoint);
+  return {
+    source,
+    mountpoint,
+    fsname: options.fsname ?? source,
+    subtype: options.subtype ?? 'fusekit',
+    readOnly: options.readOnly ?? false,
+    allowOther: options.allowOther ?? false,
+    devices: options.devices ?? false,
+    suid: options.suid ?? false,
+    debug: options.debug ?? false,
+    passthrough: options.passthrough ?? 'auto',
+    transport: options.transport ?? 'auto',
+    threads: options.threads ?? 0,
+    uringQueueDepth: options.uringQueueDepth ?? 0,
+    entryTimeout: options.entryTimeout ?? 1,
+    attrTimeout: options.attrTimeout ?? 1,
+    negativeTimeout: options.negativeTimeout ?? 0,
+    allowNonEmpty: options.allowNonEmpty ?? false,
+  };
+}

@@ -1,0 +1,36 @@
+// Mount configuration as the binding hands it to the core (already validated in TypeScript; the
+// core checks again what it depends on).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fusekit {
+
+enum class PassthroughMode { Auto, On, Off };
+enum class Transport { Auto, IoUring, Dev };
+
+struct MountConfig {
+  std::string source;  // passthrough source directory
+  std::string mountpoint;
+  std::string fsname;
+  std::string subtype = "fusekit";
+
+  bool read_only = false;
+  bool allow_other = false;
+  bool devices = false;  // mount with dev and allow mknod of device nodes
+  bool suid = false;     // mount with suid
+  bool debug = false;
+
+  PassthroughMode passthrough = PassthroughMode::Auto;
+  Transport transport = Transport::Auto;
+  unsigned threads = 0;            // 0: libfuse default
+  unsigned uring_queue_depth = 0;  // 0: fusekit default
+
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  double negative_timeout = 0.0;
+};
+
+}  // namespace fusekit

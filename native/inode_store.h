@@ -1,0 +1,145 @@
+// The inode store: every inode the kernel knows, keyed by its backing identity (st_dev, st_ino),
+// each holding an O_PATH descriptor and the kernel's lookup count.
+//
+// Lookup vs forget is the classic race in FUSE daemons (libfuse's examples crashed under fsstress):
+// here every change of a lookup count happens under the lock of the shard that owns the key, so a
+// lookup either finds a live inode and raises its count, or the inode has already left the map and
+// the lookup builds a new one. Node ids index a two-level slot table, so the hot path resolves an
+// id with two loads and no lock; a slot's generation changes on reuse, so NFS-style handles to a
+// freed inode are seen as stale.
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace fusekit {
+
+struct InodeKey {
+  uint64_t dev;
+  uint64_t ino;
+  bool operator==(const InodeKey& o) const { return dev == o.dev && ino == o.ino; }
+};
+
+struct InodeKeyHash {
+  size_t operator()(const InodeKey& k) const {
+    // splitmix-style mixing: inode numbers are dense, devices few.
+    uint64_t x = k.ino * 0x9e3779b97f4a7c15ULL ^ (k.dev + 0x632be59bd9b4e019ULL);
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    return static_cast<size_t>(x ^ (x >> 29));
+  }
+};
+
+// POSIX locks of one lock owner live on a private open file description (OFD lock) per inode.
+struct LockOwners {
+  std::unordered_map<uint64_t, int> fds;
+};
+
+struct Inode {
+  virtual ~Inode();
+
+  InodeKey key{};
+  uint64_t nodeid = 0;
+  uint64_t generation = 0;
+  mode_t type = 0;  // S_IFMT bits
+  int fd = -1;      // O_PATH descriptor (an O_TMPFILE's own descriptor for anonymous files)
+  std::atomic<uint64_t> nlookup{0};
+
+  // Open state, guarded by m. The kernel allows one backing file per inode, shared by all its
+  // passthrough opens, and refuses to mix passthrough with page-cache opens of the same inode.
+  std::mutex m;
+  uint32_t npassthrough = 0;
+  uint32_t ncached = 0;
+  int backing_id = 0;
+  bool backing_writable = false;
+  std::unique_ptr<LockOwners> locks;
+};
+
+class NodeTable {
+ public:
+  NodeTable();
+  ~NodeTable();
+  uint64_t alloc(Inode* in, uint64_t* generation);
+  void set(uint64_t id, Inode* in);
+  void release(uint64_t id);
+  // Reads the key of a possibly-freed id under the table lock (the inode is freed only after its
+  // slot is released, so it is alive while the lock is held).
+  bool key_of(uint64_t id, InodeKey* key);
+  Inode* get(uint64_t id) const {
+    uint64_t c = id >> kChunkBits;
+    if (c >= kMaxChunks) return nullptr;
+    Slot* chunk = chunks_[c].load(std::memory_order_acquire);
+    return chunk ? chunk[id & (kChunkSize - 1)].inode.load(std::memory_order_acquire) : nullptr;
+  }
+
+ private:
+  static constexpr uint64_t kChunkBits = 16;
+  static constexpr uint64_t kChunkSize = 1ULL << kChunkBits;
+  static constexpr uint64_t kMaxChunks = 1ULL << 16;
+  struct Slot {
+    std::atomic<Inode*> inode{nullptr};
+    uint64_t generation = 0;
+  };
+  Slot* slot(uint64_t id);
+
+  std::unique_ptr<std::atomic<Slot*>[]> chunks_;
+  std::mutex m_;
+  uint64_t next_ = FUSE_ROOT_ID + 1;
+  std::vector<uint64_t> free_;
+};
+
+class InodeStore {
+ public:
+  InodeStore();
+  ~InodeStore();
+  InodeStore(const InodeStore&) = delete;
+  InodeStore& operator=(const InodeStore&) = delete;
+
+  // The root never leaves the store; it answers FUSE_ROOT_ID.
+  void set_root(Inode* root);
+  Inode* root() const { return root_; }
+
+  // Resolves a node id the kernel holds a reference to.
+  Inode* get(fuse_ino_t nodeid) const {
+    return nodeid == FUSE_ROOT_ID ? root_ : nodes_.get(nodeid);
+  }
+  // Resolves a node id that may be stale (export handles); takes a lookup reference on success.
+  Inode* ref_nodeid(fuse_ino_t nodeid);
+
+  // Takes a lookup reference on a known inode; nullptr if the key is unknown.
+  Inode* ref(const InodeKey& key);
+  // Takes a lookup reference, building the inode with make() (called under the shard lock, so it
+  // must not block) when the key is unknown. *created tells which happened.
+  Inode* ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make, bool* created);
+  // Drops n lookup references; frees the inode (and closes its descriptor) at zero.
+  void unref(Inode* in, uint64_t n);
+
+  // Inode memory and count for stats.
+  size_t size() const { return count_.load(std::memory_order_relaxed); }
+
+  // Visits every live inode under its shard lock (for invalidation and teardown).
+  void for_each(const std::function<void(Inode*)>& fn);
+
+ private:
+  static constexpr size_t kShards = 64;
+  struct Shard {
+    std::mutex m;
+    std::unordered_map<InodeKey, Inode*, InodeKeyHash> map;
+  };
+  Shard& shard(const InodeKey& k) { return shards_[InodeKeyHash()(k) % kShards]; }
+
+  Shard shards_[kShards];
+  NodeTable nodes_;
+  Inode* root_ = nullptr;
+  std::atomic<size_t> count_{0};
+};
+
+}  // namespace fusekit

@@ -1,0 +1,76 @@
+#include "js_config.h"
+
+#include <string.h>
+
+namespace fusekit {
+
+namespace {
+
+std::string get_string(const Napi::Object& o, const char* key, const std::string& def = "") {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsString())
+    throw Napi::TypeError::New(o.Env(), std::string("option ") + key + " must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+bool get_bool(const Napi::Object& o, const char* key, bool def) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsBoolean())
+    throw Napi::TypeError::New(o.Env(), std::string("option ") + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+double get_number(const Napi::Object& o, const char* key, double def) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsNumber())
+    throw Napi::TypeError::New(o.Env(), std::string("option ") + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+}  // namespace
+
+MountConfig config_from_js(const Napi::Object& o) {
+  MountConfig c;
+  c.source = get_string(o, "source");
+  c.mountpoint = get_string(o, "mountpoint");
+  c.fsname = get_string(o, "fsname", c.source);
+  c.subtype = get_string(o, "subtype", "fusekit");
+  c.read_only = get_bool(o, "readOnly", false);
+  c.allow_other = get_bool(o, "allowOther", false);
+  c.devices = get_bool(o, "devices", false);
+  c.suid = get_bool(o, "suid", false);
+  c.debug = get_bool(o, "debug", false);
+  std::string pt = get_string(o, "passthrough", "auto");
+  c.passthrough = pt == "on" ? PassthroughMode::On
+                  : pt == "off" ? PassthroughMode::Off
+                                : PassthroughMode::Auto;
+  std::string tr = get_string(o, "transport", "auto");
+  c.transport = tr == "io_uring" ? Transport::IoUring
+                : tr == "dev"    ? Transport::Dev
+                                 : Transport::Auto;
+  c.threads = static_cast<unsigned>(get_number(o, "threads", 0));
+  c.uring_queue_depth = static_cast<unsigned>(get_number(o, "uringQueueDepth", 0));
+  c.entry_timeout = get_number(o, "entryTimeout", 1.0);
+  c.attr_timeout = get_number(o, "attrTimeout", 1.0);
+  c.negative_timeout = get_number(o, "negativeTimeout", 0.0);
+  if (c.mountpoint.empty() || c.mountpoint[0] != '/')
+    throw Napi::TypeError::New(o.Env(), "mountpoint must be an absolute path");
+  return c;
+}
+
+const char* errno_name(int err) {
+  const char* n = strerrorname_np(err);
+  return n ? n : "EIO";
+}
+
+Napi::Error make_error(Napi::Env env, int code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, errno_name(code)));
+  e.Set("errno", Napi::Number::New(env, code));
+  return e;
+}
+
+}  // namespace fusekit

@@ -1,0 +1,230 @@
+#include "mount_handle.h"
+
+#include <mutex>
+#include <unordered_set>
+
+#include "filesystems.h"
+#include "js_config.h"
+
+namespace fusekit {
+
+namespace {
+
+// Live sessions of this process, for the exit paths. Leaked on purpose: it must outlive static
+// destruction while request threads may still run.
+std::mutex& registry_mutex() {
+  static auto* m = new std::mutex;
+  return *m;
+}
+std::unordered_set<std::shared_ptr<Session>>& registry() {
+  static auto* s = new std::unordered_set<std::shared_ptr<Session>>;
+  return *s;
+}
+
+Napi::FunctionReference* g_ctor = nullptr;
+
+class MountWorker : public Napi::AsyncWorker {
+ public:
+  MountWorker(Napi::Env env, MountConfig cfg, Napi::Function on_closed)
+      : Napi::AsyncWorker(env, "fusekit.mount"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        cfg_(std::move(cfg)),
+        on_closed_(Napi::Persistent(on_closed)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::unique_ptr<Filesystem> fs = make_filesystem(cfg_, &err_);
+    if (!fs) return;
+    auto s = std::make_shared<Session>(cfg_, std::move(fs));
+    if (!s->start(&err_)) return;
+    session_ = std::move(s);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!session_) {
+      deferred_.Reject(make_error(env, err_.code ? err_.code : EIO, err_.message).Value());
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> g(registry_mutex());
+      registry().insert(session_);
+    }
+    Napi::Object obj = g_ctor->New({});
+    MountHandle::Unwrap(obj)->Attach(session_, on_closed_.Value());
+    deferred_.Resolve(obj);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  MountConfig cfg_;
+  Napi::FunctionReference on_closed_;
+  Error err_;
+  std::shared_ptr<Session> session_;
+};
+
+class UnmountWorker : public Napi::AsyncWorker {
+ public:
+  UnmountWorker(Napi::Env env, std::shared_ptr<Session> s, UnmountMode mode)
+      : Napi::AsyncWorker(env, "fusekit.unmount"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        session_(std::move(s)),
+        mode_(mode) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { ok_ = session_->unmount(mode_, &err_); }
+  void OnOK() override {
+    if (ok_)
+      deferred_.Resolve(Env().Undefined());
+    else
+      deferred_.Reject(make_error(Env(), err_.code, err_.message).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Session> session_;
+  UnmountMode mode_;
+  Error err_;
+  bool ok_ = false;
+};
+
+Napi::Object counters_to_js(Napi::Env env, const OpCounters& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("count", Napi::Number::New(env, static_cast<double>(c.count.load())));
+  o.Set("errors", Napi::Number::New(env, static_cast<double>(c.errors.load())));
+  o.Set("totalNs", Napi::Number::New(env, static_cast<double>(c.total_ns.load())));
+  Napi::Array lat = Napi::Array::New(env, kLatencyBuckets);
+  for (int i = 0; i < kLatencyBuckets; i++)
+    lat.Set(i, Napi::Number::New(env, static_cast<double>(c.latency[i].load())));
+  o.Set("latencyLog2Ns", lat);
+  Napi::Object errs = Napi::Object::New(env);
+  for (int e = 0; e <= kMaxErrno; e++) {
+    uint64_t n = c.errnos[e].load();
+    if (n) errs.Set(e ? errno_name(e) : "EOTHER", Napi::Number::New(env, static_cast<double>(n)));
+  }
+  o.Set("errnos", errs);
+  return o;
+}
+
+}  // namespace
+
+Napi::Function MountHandle::Init(Napi::Env env) {
+  Napi::Function f = DefineClass(env, "MountHandle",
+                                 {
+                                     InstanceMethod("unmount", &MountHandle::Unmount),
+                                     InstanceMethod("stats", &MountHandle::Stats),
+                                     InstanceMethod("info", &MountHandle::Info),
+                                     InstanceMethod("ref", &MountHandle::Ref),
+                                     InstanceMethod("unref", &MountHandle::Unref),
+                                 });
+  g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  return f;
+}
+
+Napi::Value MountHandle::Mount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
+    throw Napi::TypeError::New(env, "mount(config, onClosed)");
+  MountConfig cfg = config_from_js(info[0].As<Napi::Object>());
+  auto* w = new MountWorker(env, std::move(cfg), info[1].As<Napi::Function>());
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+void MountHandle::DetachAll() {
+  std::lock_guard<std::mutex> g(registry_mutex());
+  for (auto& s : registry()) s->detach_now();
+}
+
+MountHandle::MountHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MountHandle>(info) {}
+
+MountHandle::~MountHandle() = default;
+
+void MountHandle::Attach(std::shared_ptr<Session> session, Napi::Function on_closed) {
+  session_ = std::move(session);
+  Napi::Env env = on_closed.Env();
+  // Calls on_closed on the JavaScript thread once the session has ended.
+  tsfn_ = Napi::ThreadSafeFunction::New(env, on_closed, "fusekit.closed", 0, 1);
+  tsfn_live_ = true;
+  std::weak_ptr<Session> weak = session_;
+  Napi::ThreadSafeFunction tsfn = tsfn_;
+  session_->set_on_closed([tsfn, weak]() mutable {
+    tsfn.BlockingCall([weak](Napi::Env env, Napi::Function cb) {
+      if (auto s = weak.lock()) {
+        std::lock_guard<std::mutex> g(registry_mutex());
+        registry().erase(s);
+      }
+      cb.Call({});
+      (void)env;
+    });
+    tsfn.Release();
+  });
+}
+
+Napi::Value MountHandle::Unmount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string mode = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  UnmountMode m = mode == "lazy"    ? UnmountMode::Lazy
+                  : mode == "force" ? UnmountMode::Force
+                                    : UnmountMode::Normal;
+  auto* w = new UnmountWorker(env, session_, m);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  fusekit::Stats& st = session_->stats();
+  auto num = [&](double v) { return Napi::Number::New(env, v); };
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Object ops = Napi::Object::New(env);
+  for (size_t i = 0; i < static_cast<size_t>(Op::Count); i++) {
+    if (st.ops[i].count.load() == 0) continue;
+    ops.Set(op_name(static_cast<Op>(i)), counters_to_js(env, st.ops[i]));
+  }
+  o.Set("ops", ops);
+  o.Set("transport", Napi::String::New(env, session_->transport()));
+  Napi::Object req = Napi::Object::New(env);
+  req.Set("ioUring", num(static_cast<double>(st.uring_requests.load())));
+  req.Set("dev", num(static_cast<double>(st.dev_requests.load())));
+  o.Set("requests", req);
+  Napi::Object bytes = Napi::Object::New(env);
+  bytes.Set("read", num(static_cast<double>(st.bytes_read.load())));
+  bytes.Set("written", num(static_cast<double>(st.bytes_written.load())));
+  o.Set("daemonBytes", bytes);
+  Napi::Object pt = Napi::Object::New(env);
+  pt.Set("enabled", Napi::Boolean::New(env, session_->passthrough()));
+  pt.Set("opens", num(static_cast<double>(st.opens_passthrough.load())));
+  pt.Set("directOpens", num(static_cast<double>(st.opens_direct.load())));
+  pt.Set("cachedOpens", num(static_cast<double>(st.opens_cached.load())));
+  pt.Set("backingRegistered", num(static_cast<double>(st.backing_registered.load())));
+  pt.Set("backingActive", num(static_cast<double>(st.backing_active.load())));
+  pt.Set("failures", num(static_cast<double>(st.passthrough_failures.load())));
+  o.Set("passthrough", pt);
+  o.Set("inodes", num(static_cast<double>(session_->fs().inode_count())));
+  return o;
+}
+
+Napi::Value MountHandle::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mountpoint", Napi::String::New(env, session_->config().mountpoint));
+  o.Set("transport", Napi::String::New(env, session_->transport()));
+  o.Set("passthrough", Napi::Boolean::New(env, session_->passthrough()));
+  o.Set("closed", Napi::Boolean::New(env, session_->closed()));
+  return o;
+}
+
+Napi::Value MountHandle::Ref(const Napi::CallbackInfo& info) {
+  if (tsfn_live_ && !session_->closed()) tsfn_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value MountHandle::Unref(const Napi::CallbackInfo& info) {
+  if (tsfn_live_ && !session_->closed()) tsfn_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace fusekit

@@ -1,0 +1,802 @@
+#include "passthrough.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/mount.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "sys.h"
+
+namespace fusekit {
+
+namespace {
+
+struct DirHandle {
+  int fd = -1;
+  std::mutex m;
+  off_t offset = 0;  // directory position after the last entry handed out
+  size_t pos = 0, len = 0;
+  alignas(8) char buf[32768];
+};
+
+FileHandle* fh(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+DirHandle* dh(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+struct linux_dirent64 {
+  uint64_t d_ino;
+  int64_t d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[];
+};
+
+bool is_dot_or_dotdot(const char* n) {
+  return n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0));
+}
+
+// Written-to or truncated by a caller without CAP_FSETID (the kernel tells us so): drop setuid,
+// and setgid when group-executable, as the VFS would. The daemon itself has CAP_FSETID, so the
+// backing filesystem would not.
+void kill_suidgid(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !(st.st_mode & (S_ISUID | S_ISGID))) return;
+  mode_t m = st.st_mode & ~S_ISUID;
+  if (st.st_mode & S_IXGRP) m &= ~S_ISGID;
+  if (m != st.st_mode) fchmod(fd, m & 07777);
+}
+
+constexpr int kHandleFlagsDropped = O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW;
+// A handle opened with one of these cannot double as the inode's shared backing file.
+constexpr int kNotShareable = O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_PATH;
+
+}  // namespace
+
+std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Error* err) {
+  std::unique_ptr<PassthroughFs> fs(new PassthroughFs(cfg));
+  int probe = ::open(cfg.source.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (probe < 0) {
+    int e = errno;
+    const char* why = e == ENOENT    ? "does not exist"
+                      : e == ENOTDIR ? "is not a directory"
+                      : e == EACCES  ? "cannot be reached (permission denied)"
+                                     : strerror(e);
+    *err = {e, "source " + cfg.source + " " + why};
+    return nullptr;
+  }
+  int fd = sys::open_tree_clone(cfg.source.c_str());
+  if (fd >= 0) {
+    // Private (no mount propagation into it) and nosymfollow as a second line of defence.
+    struct mount_attr attr {};
+    attr.attr_set = MOUNT_ATTR_NOSYMFOLLOW;
+    attr.propagation = MS_PRIVATE;
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0) {
+      close(fd);
+      fd = -1;
+    }
+  }
+  if (fd >= 0) {
+    close(probe);
+    fs->detached_ = true;
+  } else {
+    fd = probe;
+    // Without a private clone the daemon would walk into its own mount and deadlock.
+    char src[PATH_MAX], mp[PATH_MAX];
+    if (realpath(cfg.source.c_str(), src) && realpath(cfg.mountpoint.c_str(), mp)) {
+      size_t n = strlen(src);
+      if (strncmp(src, mp, n) == 0 && (mp[n] == '/' || mp[n] == 0 || n == 1)) {
+        close(fd);
+        *err = {EINVAL, "mount point " + cfg.mountpoint + " lies inside the source " + cfg.source +
+                            ", which needs CAP_SYS_ADMIN (a private clone of the source)"};
+        return nullptr;
+      }
+    }
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    *err = {e, "cannot stat source " + cfg.source};
+    return nullptr;
+  }
+  auto* root = new Inode;
+  root->fd = fd;
+  root->type = S_IFDIR;
+  root->key = {static_cast<uint64_t>(st.st_dev), st.st_ino};
+  fs->store_.set_root(root);
+  fs->ino_map_ = std::make_unique<InoMap>(st.st_dev);
+  return fs;
+}
+
+PassthroughFs::~PassthroughFs() = default;
+
+void PassthroughFs::init(Session* session, fuse_conn_info* conn) {
+  session_ = session;
+  stats_ = &session->stats();
+  passthrough_ = session->passthrough();
+  // NFS-style handles: lookups of "." and ".." by node id are answered (stale ids give ESTALE).
+  fuse_set_feature_flag(conn, FUSE_CAP_EXPORT_SUPPORT);
+  fuse_set_feature_flag(conn, FUSE_CAP_PARALLEL_DIROPS);
+  fuse_set_feature_flag(conn, FUSE_CAP_HANDLE_KILLPRIV_V2);
+  // The daemon applies the caller's umask itself, so default ACLs on the source win over it.
+  fuse_set_feature_flag(conn, FUSE_CAP_DONT_MASK);
+  fuse_set_feature_flag(conn, FUSE_CAP_POSIX_ACL);
+  fuse_set_feature_flag(conn, FUSE_CAP_CACHE_SYMLINKS);
+  fuse_set_feature_flag(conn, FUSE_CAP_DIRECT_IO_ALLOW_MMAP);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_READ);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_WRITE);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_MOVE);
+  // The kernel turns passthrough off with a writeback cache; coherence with the source wants
+  // write-through anyway.
+  fuse_unset_feature_flag(conn, FUSE_CAP_WRITEBACK_CACHE);
+  conn->max_write = 1 << 20;
+  conn->time_gran = 1;
+  conn->no_interrupt = 0;  // blocking lock waits are interruptible
+}
+
+void PassthroughFs::destroy() { locks_.shutdown(); }
+
+void PassthroughFs::map_attr(struct stat* st) const {
+  st->st_ino = ino_map_->map(st->st_dev, st->st_ino);
+}
+
+void PassthroughFs::fill_entry(Inode* in, const struct stat& st, fuse_entry_param* e) const {
+  e->ino = in->nodeid;
+  e->generation = in->generation;
+  e->attr = st;
+  map_attr(&e->attr);
+  e->attr_timeout = cfg_.attr_timeout;
+  e->entry_timeout = cfg_.entry_timeout;
+}
+
+int PassthroughFs::check_dir(Inode* dir) const {
+  if (!detached_ || dir == store_.root()) return 0;
+  struct stat st;
+  if (fstatat(dir->fd, "..", &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) return ENOENT;
+  return 0;
+}
+
+int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) {
+  if (is_dot_or_dotdot(name)) return lookup_dot(dir, name, e);
+  struct stat st;
+  if (fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino});
+  if (!in) {
+    int fd = openat(dir->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return errno;
+    // The descriptor decides: the name may have changed since fstatat.
+    if (fstat(fd, &st) != 0) {
+      int err = errno;
+      close(fd);
+      return err;
+    }
+    bool created = false;
+    try {
+      in = store_.ref_or_insert(
+          {static_cast<uint64_t>(st.st_dev), st.st_ino},
+          [&] {
+            auto* n = new Inode;
+            n->fd = fd;
+            n->type = st.st_mode & S_IFMT;
+            return n;
+          },
+          &created);
+    } catch (const std::bad_alloc&) {
+      close(fd);
+      return ENOMEM;
+    }
+    if (!created) close(fd);
+  }
+  fill_entry(in, st, e);
+  return 0;
+}
+
+int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e) {
+  Inode* target = nullptr;
+  if (name[1] == 0 || dir == store_.root()) {
+    target = store_.ref(dir->key);  // "." and ".." of the root are the directory itself
+  } else {
+    // Export support: ".." of a directory. The private clone refuses to leave the source.
+    int fd = openat(dir->fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      int err = errno;
+      close(fd);
+      return err;
+    }
+    bool created = false;
+    target = store_.ref_or_insert(
+        {static_cast<uint64_t>(st.st_dev), st.st_ino},
+        [&] {
+          auto* n = new Inode;
+          n->fd = fd;
+          n->type = S_IFDIR;
+          return n;
+        },
+        &created);
+    if (!created) close(fd);
+  }
+  if (!target) return ESTALE;
+  struct stat st;
+  if (fstatat(target->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+    int err = errno;
+    store_.unref(target, 1);
+    return err;
+  }
+  fill_entry(target, st, e);
+  return 0;
+}
+
+int PassthroughFs::lookup(Request&, fuse_ino_t parent, const char* name, fuse_entry_param* e) {
+  Inode* dir;
+  if (is_dot_or_dotdot(name)) {
+    // Export lookups may name a node id the kernel no longer holds: validate it.
+    dir = store_.ref_nodeid(parent);
+    if (!dir) return ESTALE;
+    int err = lookup_dot(dir, name, e);
+    store_.unref(dir, 1);
+    return err;
+  }
+  dir = inode(parent);
+  if (int err = check_dir(dir)) return err;
+  return do_lookup(dir, name, e);
+}
+
+void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) {
+  if (Inode* in = inode(ino)) store_.unref(in, nlookup);
+}
+
+int PassthroughFs::getattr(Request&, fuse_ino_t ino, fuse_file_info*, struct stat* st,
+                           double* timeout) {
+  Inode* in = inode(ino);
+  if (fstatat(in->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  map_attr(st);
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set,
+                           fuse_file_info* fi, struct stat* out, double* timeout) {
+  Inode* in = inode(ino);
+  if (cfg_.read_only) return EROFS;
+  FileHandle* h = fi ? fh(fi) : nullptr;
+  // Owner first: chown clears setuid/setgid, an explicit mode in the same call sets them again.
+  if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    if (fchownat(in->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  }
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    int r = h ? fchmod(h->fd, attr->st_mode & 07777)
+              : sys::fchmod_path(in->fd, attr->st_mode & 07777, S_ISLNK(in->type));
+    if (r != 0) return errno;
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (!S_ISREG(in->type)) return S_ISDIR(in->type) ? EISDIR : EINVAL;
+    int r = h ? ftruncate(h->fd, attr->st_size) : sys::truncate_fd(in->fd, attr->st_size);
+    if (r != 0) return errno;
+  }
+  if ((to_set & FUSE_SET_ATTR_KILL_SUID) && !(to_set & FUSE_SET_ATTR_MODE) && S_ISREG(in->type)) {
+    int fd = h ? h->fd : sys::reopen(in->fd, O_RDONLY);
+    if (fd >= 0) {
+      kill_suidgid(fd);
+      if (!h) close(fd);
+    }
+  }
+  if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    struct timespec tv[2];
+    tv[0].tv_sec = tv[1].tv_sec = 0;
+    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+      tv[0].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_ATIME)
+      tv[0] = attr->st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+      tv[1].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_MTIME)
+      tv[1] = attr->st_mtim;
+    int r = h ? futimens(h->fd, tv)
+              : utimensat(in->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    if (r != 0) return errno;
+  }
+  if (fstatat(in->fd, "", out, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  map_attr(out);
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+int PassthroughFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
+  Inode* in = inode(ino);
+  char buf[PATH_MAX + 1];
+  ssize_t n = readlinkat(in->fd, "", buf, sizeof buf);
+  if (n < 0) return errno;
+  if (static_cast<size_t>(n) >= sizeof buf) return ENAMETOOLONG;
+  target->assign(buf, static_cast<size_t>(n));
+  return 0;
+}
+
+int PassthroughFs::make_node(const Request& r, Inode* dir, const char* name, fuse_entry_param* e,
+                             const std::function<int(const CallerCreds&)>& mk) {
+  if (cfg_.read_only) return EROFS;
+  if (int err = check_dir(dir)) return err;
+  {
+    CallerCreds creds(r.uid, r.gid, r.umask);
+    if (creds.error()) return creds.error();
+    if (mk(creds) != 0) return errno;
+  }
+  return do_lookup(dir, name, e);
+}
+
+int PassthroughFs::mknod(Request& r, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
+                         fuse_entry_param* e) {
+  // Device nodes only where allowed; a 0/0 character device is an overlay whiteout, not a device.
+  if ((S_ISCHR(mode) || S_ISBLK(mode)) && !cfg_.devices && !(S_ISCHR(mode) && rdev == 0))
+    return EPERM;
+  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c) {
+    return mknodat(inode(parent)->fd, name, (mode & S_IFMT) | c.mask_mode(mode & 07777), rdev);
+  });
+}
+
+int PassthroughFs::mkdir(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
+                         fuse_entry_param* e) {
+  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c) {
+    return mkdirat(inode(parent)->fd, name, c.mask_mode(mode & 07777));
+  });
+}
+
+int PassthroughFs::symlink(Request& r, const char* link, fuse_ino_t parent, const char* name,
+                           fuse_entry_param* e) {
+  return make_node(r, inode(parent), name, e, [&](const CallerCreds&) {
+    return symlinkat(link, inode(parent)->fd, name);
+  });
+}
+
+int PassthroughFs::unlink(Request&, fuse_ino_t parent, const char* name) {
+  if (cfg_.read_only) return EROFS;
+  Inode* dir = inode(parent);
+  if (int err = check_dir(dir)) return err;
+  return unlinkat(dir->fd, name, 0) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
+  if (cfg_.read_only) return EROFS;
+  Inode* dir = inode(parent);
+  if (int err = check_dir(dir)) return err;
+  return unlinkat(dir->fd, name, AT_REMOVEDIR) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                          const char* newname, unsigned flags) {
+  if (cfg_.read_only) return EROFS;
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) return EINVAL;
+  Inode* d1 = inode(parent);
+  Inode* d2 = inode(newparent);
+  if (int err = check_dir(d1)) return err;
+  if (int err = check_dir(d2)) return err;
+  return syscall(SYS_renameat2, d1->fd, name, d2->fd, newname, flags) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* newname,
+                        fuse_entry_param* e) {
+  if (cfg_.read_only) return EROFS;
+  Inode* in = inode(ino);
+  Inode* dir = inode(newparent);
+  if (int err = check_dir(dir)) return err;
+  if (linkat(in->fd, "", dir->fd, newname, AT_EMPTY_PATH) != 0) return errno;
+  return do_lookup(dir, newname, e);
+}
+
+int PassthroughFs::open_handle(const Request&, Inode* in, int fd, int flags, fuse_file_info* fi) {
+  auto* h = new FileHandle;
+  h->fd = fd;
+  fi->fh = reinterpret_cast<uint64_t>(h);
+  fi->keep_cache = 0;
+  fi->direct_io = 0;
+  const bool want_write = (flags & O_ACCMODE) != O_RDONLY;
+  std::lock_guard<std::mutex> g(in->m);
+  // The kernel refuses passthrough opens while page-cache opens of the inode exist.
+  if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
+    if (!in->backing_id) {
+      int hacc = flags & O_ACCMODE;
+      int bfd = fd;
+      bool own = false;
+      // One backing file serves every later open of the inode, whatever its flags: the handle
+      // itself when it is a plain read or read-write open, else a plain descriptor of its own.
+      if ((flags & kNotShareable) || hacc == O_WRONLY) {
+        bfd = sys::reopen(in->fd, want_write ? O_RDWR : O_RDONLY);
+        own = bfd >= 0;
+      }
+      if (bfd >= 0) {
+        int id = session_->backing_open(bfd);
+        if (own) close(bfd);  // the kernel keeps its own reference
+        if (id > 0) {
+          in->backing_id = id;
+          in->backing_writable = want_write;
+        }
+      }
+    }
+    if (in->backing_id) {
+      fi->backing_id = in->backing_id;
+      if (want_write && !in->backing_writable) {
+        // Read-only backing shared with earlier opens: this writer's reads and writes go through
+        // the daemon; mmap still maps the backing file.
+        fi->direct_io = 1;
+        fi->parallel_direct_writes = 1;
+        h->kind = FileHandle::Direct;
+        stats_->opens_direct.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        h->kind = FileHandle::Passthrough;
+      }
+      in->npassthrough++;
+      stats_->opens_passthrough.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
+  }
+  if (in->npassthrough > 0) {
+    // Cannot happen while the counts mirror the kernel's; refuse rather than break the inode.
+    delete h;
+    fi->fh = 0;
+    return EBUSY;
+  }
+  in->ncached++;
+  h->kind = FileHandle::Cached;
+  fi->keep_cache = cfg_.attr_timeout > 0;  // AUTO_INVAL_DATA drops it when mtime/size change
+  stats_->opens_cached.fetch_add(1, std::memory_order_relaxed);
+  return 0;
+}
+
+void PassthroughFs::close_handle(Inode* in, FileHandle* h) {
+  int backing = 0;
+  {
+    std::lock_guard<std::mutex> g(in->m);
+    if (h->kind == FileHandle::Cached) {
+      in->ncached--;
+    } else if (--in->npassthrough == 0 && in->backing_id) {
+      backing = in->backing_id;
+      in->backing_id = 0;
+      in->backing_writable = false;
+    }
+    if (in->ncached == 0 && in->npassthrough == 0) FileLocks::release_all_locked(in);
+    // Closed under the lock: a racing open must not register a new backing file first.
+    if (backing) session_->backing_close(backing);
+  }
+  close(h->fd);
+  delete h;
+}
+
+int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
+  Inode* in = inode(ino);
+  int acc = fi->flags & O_ACCMODE;
+  if (cfg_.read_only && (acc != O_RDONLY || (fi->flags & O_TRUNC))) return EROFS;
+  int flags = fi->flags & ~kHandleFlagsDropped;
+  int fd = -1;
+  if (acc == O_WRONLY) {
+    // Read-write where possible, so the handle can become the inode's backing file.
+    fd = sys::reopen(in->fd, (flags & ~O_ACCMODE) | O_RDWR);
+  }
+  if (fd < 0) fd = sys::reopen(in->fd, flags);
+  if (fd < 0) return errno;
+  if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
+  int err = open_handle(r, in, fd, flags, fi);
+  if (err) close(fd);
+  return err;
+}
+
+int PassthroughFs::adopt(int fd, bool keep_fd, fuse_entry_param* e) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return errno;
+  InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+  Inode* in = store_.ref(key);
+  if (!in) {
+    // The inode's own descriptor: O_PATH to the same file, or (O_TMPFILE) a duplicate, since an
+    // anonymous file can only be linked in later through a real descriptor.
+    int pfd = keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH);
+    if (pfd < 0) return errno;
+    bool created = false;
+    in = store_.ref_or_insert(
+        key,
+        [&] {
+          auto* n = new Inode;
+          n->fd = pfd;
+          n->type = st.st_mode & S_IFMT;
+          return n;
+        },
+        &created);
+    if (!created) close(pfd);
+  }
+  fill_entry(in, st, e);
+  return 0;
+}
+
+int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
+                          fuse_file_info* fi, fuse_entry_param* e) {
+  if (cfg_.read_only) return EROFS;
+  Inode* dir = inode(parent);
+  if (int err = check_dir(dir)) return err;
+  // O_NOFOLLOW: a symlink raced into place fails with ELOOP instead of being followed.
+  int flags = (fi->flags | O_CREAT | O_NOFOLLOW) & ~O_NOCTTY;
+  if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+  int fd;
+  {
+    CallerCreds creds(r.uid, r.gid, r.umask);
+    if (creds.error()) return creds.error();
+    fd = openat(dir->fd, name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    if (fd < 0 && errno == EACCES && (fi->flags & O_ACCMODE) == O_WRONLY) {
+      flags = (flags & ~O_ACCMODE) | O_WRONLY;
+      fd = openat(dir->fd, name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    }
+    if (fd < 0) return errno;
+  }
+  if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
+  int err = adopt(fd, false, e);
+  if (!err) {
+    err = open_handle(r, inode(e->ino), fd, flags & ~kHandleFlagsDropped, fi);
+    if (err) forget(e->ino, 1);
+  }
+  if (err) close(fd);
+  return err;
+}
+
+int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_info* fi,
+                           fuse_entry_param* e) {
+  if (cfg_.read_only) return EROFS;
+  Inode* dir = inode(parent);
+  if (int err = check_dir(dir)) return err;
+  int flags = (fi->flags | O_TMPFILE) & ~(O_CREAT | O_NOFOLLOW | O_NOCTTY);
+  int fd;
+  {
+    CallerCreds creds(r.uid, r.gid, r.umask);
+    if (creds.error()) return creds.error();
+    fd = openat(dir->fd, ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    if (fd < 0) return errno;
+  }
+  int err = adopt(fd, true, e);
+  if (!err) {
+    err = open_handle(r, inode(e->ino), fd, flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
+    if (err) forget(e->ino, 1);
+  }
+  if (err) close(fd);
+  return err;
+}
+
+void PassthroughFs::abandon_open(fuse_ino_t ino, fuse_file_info* fi) {
+  if (FileHandle* h = fh(fi)) close_handle(inode(ino), h);
+}
+
+int PassthroughFs::read(Request&, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi,
+                        ReadReply* out) {
+  FileHandle* h = fh(fi);
+  out->fd = h->fd;
+  out->pos = off;
+  out->size = size;
+  struct stat st;
+  if (fstat(h->fd, &st) == 0 && off < st.st_size) {
+    uint64_t n = std::min<uint64_t>(size, static_cast<uint64_t>(st.st_size - off));
+    stats_->bytes_read.fetch_add(n, std::memory_order_relaxed);
+  }
+  return 0;
+}
+
+int PassthroughFs::write_buf(Request&, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_file_info* fi,
+                             size_t* written) {
+  if (cfg_.read_only) return EROFS;
+  FileHandle* h = fh(fi);
+  fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+  dst.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  dst.buf[0].fd = h->fd;
+  dst.buf[0].pos = off;
+  ssize_t n = fuse_buf_copy(&dst, in, FUSE_BUF_SPLICE_NONBLOCK);
+  if (n < 0) return static_cast<int>(-n);
+  if (fi->kill_suidgid) kill_suidgid(h->fd);
+  *written = static_cast<size_t>(n);
+  stats_->bytes_written.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+  return 0;
+}
+
+int PassthroughFs::flush(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  // Any close by a process releases its POSIX locks on the file.
+  locks_.release_owner(inode(ino), fi->lock_owner);
+  FileHandle* h = fh(fi);
+  int d = dup(h->fd);
+  if (d < 0) return errno;
+  return close(d) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::release(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  close_handle(inode(ino), fh(fi));
+  return 0;
+}
+
+int PassthroughFs::fsync(Request&, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = fh(fi)->fd;
+  return (datasync ? fdatasync(fd) : ::fsync(fd)) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  Inode* in = inode(ino);
+  if (int err = check_dir(in)) return err;
+  int fd = openat(in->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  auto* d = new (std::nothrow) DirHandle;
+  if (!d) {
+    close(fd);
+    return ENOMEM;
+  }
+  d->fd = fd;
+  fi->fh = reinterpret_cast<uint64_t>(d);
+  return 0;
+}
+
+int PassthroughFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_info* fi,
+                           bool plus, DirFiller& out) {
+  Inode* dir = inode(ino);
+  DirHandle* d = dh(fi);
+  std::lock_guard<std::mutex> g(d->m);
+  if (off != d->offset) {
+    if (::lseek(d->fd, off, SEEK_SET) < 0) return errno;
+    d->offset = off;
+    d->pos = d->len = 0;
+  }
+  for (;;) {
+    if (d->pos >= d->len) {
+      long n = syscall(SYS_getdents64, d->fd, d->buf, sizeof d->buf);
+      if (n < 0) return errno;
+      if (n == 0) break;
+      d->len = static_cast<size_t>(n);
+      d->pos = 0;
+    }
+    auto* de = reinterpret_cast<linux_dirent64*>(d->buf + d->pos);
+    bool added = true;
+    if (!plus) {
+      struct stat st {};
+      st.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
+      st.st_mode = DTTOIF(de->d_type);
+      added = out.add(de->d_name, st, de->d_off);
+    } else if (is_dot_or_dotdot(de->d_name)) {
+      fuse_entry_param e{};
+      e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
+      e.attr.st_mode = DTTOIF(de->d_type);
+      added = out.add_plus(de->d_name, e, de->d_off);
+    } else {
+      fuse_entry_param e{};
+      // An entry removed since getdents is simply skipped.
+      if (do_lookup(dir, de->d_name, &e) == 0) {
+        added = out.add_plus(de->d_name, e, de->d_off);
+        if (!added) forget(e.ino, 1);
+      }
+    }
+    if (!added) break;
+    d->pos += de->d_reclen;
+    d->offset = de->d_off;
+  }
+  return 0;
+}
+
+int PassthroughFs::releasedir(Request&, fuse_ino_t, fuse_file_info* fi) {
+  DirHandle* d = dh(fi);
+  close(d->fd);
+  delete d;
+  return 0;
+}
+
+int PassthroughFs::fsyncdir(Request&, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = dh(fi)->fd;
+  return (datasync ? fdatasync(fd) : ::fsync(fd)) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::statfs(Request&, fuse_ino_t ino, struct statvfs* out) {
+  return fstatvfs(inode(ino)->fd, out) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* value,
+                            size_t size, int flags) {
+  if (cfg_.read_only) return EROFS;
+  return sys::setxattr_fd(inode(ino)->fd, name, value, size, flags) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
+                            std::string* value, size_t* len) {
+  value->resize(size);
+  ssize_t n = sys::getxattr_fd(inode(ino)->fd, name, size ? value->data() : nullptr, size);
+  if (n < 0) return errno;
+  *len = static_cast<size_t>(n);
+  return 0;
+}
+
+int PassthroughFs::listxattr(Request&, fuse_ino_t ino, size_t size, std::string* list,
+                             size_t* len) {
+  list->resize(size);
+  ssize_t n = sys::listxattr_fd(inode(ino)->fd, size ? list->data() : nullptr, size);
+  if (n < 0) return errno;
+  *len = static_cast<size_t>(n);
+  return 0;
+}
+
+int PassthroughFs::removexattr(Request&, fuse_ino_t ino, const char* name) {
+  if (cfg_.read_only) return EROFS;
+  return sys::removexattr_fd(inode(ino)->fd, name) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::access(Request& r, fuse_ino_t ino, int mask) {
+  struct stat st;
+  if (fstatat(inode(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  if (mask == F_OK) return 0;
+  if ((mask & W_OK) && cfg_.read_only) return EROFS;
+  if (r.uid == 0) {
+    // root may do anything but execute a file nobody may execute
+    return (mask & X_OK) && !S_ISDIR(st.st_mode) && !(st.st_mode & 0111) ? EACCES : 0;
+  }
+  mode_t bits = st.st_uid == r.uid   ? (st.st_mode >> 6)
+                : st.st_gid == r.gid ? (st.st_mode >> 3)
+                                     : st.st_mode;
+  if (((mask & R_OK) && !(bits & 4)) || ((mask & W_OK) && !(bits & 2)) ||
+      ((mask & X_OK) && !(bits & 1)))
+    return EACCES;
+  return 0;
+}
+
+int PassthroughFs::getlk(Request&, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  Inode* in = inode(ino);
+  return locks_.getlk(in, in->fd, fi->lock_owner, lock);
+}
+
+int PassthroughFs::setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+                         int sleep) {
+  Inode* in = inode(ino);
+  return locks_.setlk(r.req, in, in->fd, fi->lock_owner, lock, sleep != 0);
+}
+
+int PassthroughFs::flock(Request& r, fuse_ino_t, fuse_file_info* fi, int op) {
+  return locks_.flock(r.req, fh(fi)->fd, op);
+}
+
+int PassthroughFs::fallocate(Request&, fuse_ino_t, int mode, off_t offset, off_t length,
+                             fuse_file_info* fi) {
+  if (cfg_.read_only) return EROFS;
+  return ::fallocate(fh(fi)->fd, mode, offset, length) == 0 ? 0 : errno;
+}
+
+int PassthroughFs::copy_file_range(Request&, fuse_ino_t, off_t off_in, fuse_file_info* fi_in,
+                                   fuse_ino_t, off_t off_out, fuse_file_info* fi_out, size_t len,
+                                   int flags, size_t* copied) {
+  if (cfg_.read_only) return EROFS;
+  loff_t in_off = off_in, out_off = off_out;
+  ssize_t n = ::copy_file_range(fh(fi_in)->fd, &in_off, fh(fi_out)->fd, &out_off, len,
+                                static_cast<unsigned>(flags));
+  if (n < 0) return errno;
+  *copied = static_cast<size_t>(n);
+  return 0;
+}
+
+int PassthroughFs::lseek(Request&, fuse_ino_t, off_t off, int whence, fuse_file_info* fi,
+                         off_t* out) {
+  off_t r = ::lseek(fh(fi)->fd, off, whence);
+  if (r < 0) return errno;
+  *out = r;
+  return 0;
+}
+
+int PassthroughFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_file_info*,
+                         struct statx* out, double* timeout) {
+  Inode* in = inode(ino);
+  int sync = flags & AT_STATX_SYNC_TYPE;
+  if (::statx(in->fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync,
+              static_cast<unsigned>(mask), out) != 0)
+    return errno;
+  out->stx_ino = ino_map_->map(makedev(out->stx_dev_major, out->stx_dev_minor), out->stx_ino);
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+}  // namespace fusekit

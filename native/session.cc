@@ -1,0 +1,825 @@
+#include "session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <deque>
+#include <vector>
+
+#include "creds.h"
+#include "sys.h"
+
+namespace fusekit {
+
+namespace {
+
+// ---- libfuse's log: kept for error messages instead of going to the host's stderr.
+
+std::mutex& log_mutex() {
+  static auto* m = new std::mutex;  // leaked: usable during process exit
+  return *m;
+}
+std::deque<std::string>& log_lines() {
+  static auto* d = new std::deque<std::string>;
+  return *d;
+}
+
+void log_func(enum fuse_log_level level, const char* fmt, va_list ap) {
+  char buf[512];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  size_t n = strlen(buf);
+  while (n && buf[n - 1] == '\n') buf[--n] = 0;
+  static const bool echo = getenv("FUSEKIT_DEBUG") != nullptr;
+  if (echo) fprintf(stderr, "libfuse[%d]: %s\n", static_cast<int>(level), buf);
+  std::lock_guard<std::mutex> g(log_mutex());
+  auto& d = log_lines();
+  d.emplace_back(buf);
+  while (d.size() > 32) d.pop_front();
+}
+
+void install_log() {
+  static std::once_flag once;
+  std::call_once(once, [] { fuse_set_log_func(log_func); });
+}
+
+uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// One request on its way through: who asked, when, and the reply helpers that record statistics.
+struct Dispatch {
+  Session* s;
+  fuse_req_t req;
+  Op op;
+  uint64_t t0;
+  Request r;
+
+  Dispatch(fuse_req_t q, Op o)
+      : s(static_cast<Session*>(fuse_req_userdata(q))), req(q), op(o), t0(now_ns()) {
+    const fuse_ctx* c = fuse_req_ctx(q);
+    r = Request{q, c->uid, c->gid, c->pid, c->umask};
+    (fuse_req_is_uring(q) ? s->stats().uring_requests : s->stats().dev_requests)
+        .fetch_add(1, std::memory_order_relaxed);
+  }
+  Filesystem& fs() { return s->fs(); }
+  void done(int err) { s->stats().record(op, err, now_ns() - t0); }
+  void reply_err(int err) {
+    fuse_reply_err(req, err);
+    done(err);
+  }
+  void reply_entry(int err, fuse_entry_param* e, bool negative_ok) {
+    if (err == ENOENT && negative_ok && s->config().negative_timeout > 0) {
+      fuse_entry_param ne{};
+      ne.entry_timeout = s->config().negative_timeout;
+      fuse_reply_entry(req, &ne);
+    } else if (err) {
+      fuse_reply_err(req, err);
+    } else if (fuse_reply_entry(req, e) != 0) {
+      fs().forget(e->ino, 1);  // the kernel never saw it
+    }
+    done(err);
+  }
+  void reply_open(int err, fuse_ino_t ino, fuse_file_info* fi) {
+    if (err) {
+      fuse_reply_err(req, err);
+    } else if (fuse_reply_open(req, fi) != 0) {
+      fs().abandon_open(ino, fi);
+    }
+    done(err);
+  }
+  void reply_create(int err, fuse_entry_param* e, fuse_file_info* fi) {
+    if (err) {
+      fuse_reply_err(req, err);
+    } else if (fuse_reply_create(req, e, fi) != 0) {
+      fs().abandon_open(e->ino, fi);
+      fs().forget(e->ino, 1);
+    }
+    done(err);
+  }
+};
+
+// Builds a readdir reply; in plus mode remembers the lookup references it hands out so they can be
+// dropped if the reply never reaches the kernel.
+class DirBuf : public DirFiller {
+ public:
+  DirBuf(fuse_req_t req, size_t size) : req_(req), buf_(size) {}
+  bool add(const char* name, const struct stat& st, off_t next_off) override {
+    size_t need = fuse_add_direntry(req_, nullptr, 0, name, nullptr, 0);
+    if (used_ + need > buf_.size()) return false;
+    fuse_add_direntry(req_, buf_.data() + used_, buf_.size() - used_, name, &st, next_off);
+    used_ += need;
+    return true;
+  }
+  bool add_plus(const char* name, const fuse_entry_param& e, off_t next_off) override {
+    size_t need = fuse_add_direntry_plus(req_, nullptr, 0, name, nullptr, 0);
+    if (used_ + need > buf_.size()) return false;
+    fuse_add_direntry_plus(req_, buf_.data() + used_, buf_.size() - used_, name, &e, next_off);
+    used_ += need;
+    if (e.ino) refs_.push_back(e.ino);
+    return true;
+  }
+  const char* data() const { return buf_.data(); }
+  size_t used() const { return used_; }
+  const std::vector<fuse_ino_t>& refs() const { return refs_; }
+
+ private:
+  fuse_req_t req_;
+  std::vector<char> buf_;
+  size_t used_ = 0;
+  std::vector<fuse_ino_t> refs_;
+};
+
+// ---- libfuse low-level trampolines
+
+void ll_init(void* userdata, fuse_conn_info* conn) { static_cast<Session*>(userdata)->on_init(conn); }
+void ll_destroy(void* userdata) { static_cast<Session*>(userdata)->on_destroy(); }
+
+void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch d(req, Op::Lookup);
+  fuse_entry_param e{};
+  int err = d.fs().lookup(d.r, parent, name, &e);
+  d.reply_entry(err, &e, true);
+}
+
+void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Dispatch d(req, Op::Forget);
+  d.fs().forget(ino, nlookup);
+  fuse_reply_none(req);
+  d.done(0);
+}
+
+void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  Dispatch d(req, Op::Forget);
+  for (size_t i = 0; i < count; i++) d.fs().forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+  d.done(0);
+}
+
+void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Getattr);
+  struct stat st;
+  double timeout = 0;
+  int err = d.fs().getattr(d.r, ino, fi, &st, &timeout);
+  if (err) return d.reply_err(err);
+  fuse_reply_attr(req, &st, timeout);
+  d.done(0);
+}
+
+void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  Dispatch d(req, Op::Setattr);
+  struct stat st;
+  double timeout = 0;
+  int err = d.fs().setattr(d.r, ino, attr, to_set, fi, &st, &timeout);
+  if (err) return d.reply_err(err);
+  fuse_reply_attr(req, &st, timeout);
+  d.done(0);
+}
+
+void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
+  Dispatch d(req, Op::Readlink);
+  std::string target;
+  int err = d.fs().readlink(d.r, ino, &target);
+  if (err) return d.reply_err(err);
+  fuse_reply_readlink(req, target.c_str());
+  d.done(0);
+}
+
+void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  Dispatch d(req, Op::Mknod);
+  fuse_entry_param e{};
+  d.reply_entry(d.fs().mknod(d.r, parent, name, mode, rdev, &e), &e, false);
+}
+
+void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  Dispatch d(req, Op::Mkdir);
+  fuse_entry_param e{};
+  d.reply_entry(d.fs().mkdir(d.r, parent, name, mode, &e), &e, false);
+}
+
+void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch d(req, Op::Unlink);
+  d.reply_err(d.fs().unlink(d.r, parent, name));
+}
+
+void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Dispatch d(req, Op::Rmdir);
+  d.reply_err(d.fs().rmdir(d.r, parent, name));
+}
+
+void ll_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  Dispatch d(req, Op::Symlink);
+  fuse_entry_param e{};
+  d.reply_entry(d.fs().symlink(d.r, link, parent, name, &e), &e, false);
+}
+
+void ll_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned flags) {
+  Dispatch d(req, Op::Rename);
+  d.reply_err(d.fs().rename(d.r, parent, name, newparent, newname, flags));
+}
+
+void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  Dispatch d(req, Op::Link);
+  fuse_entry_param e{};
+  d.reply_entry(d.fs().link(d.r, ino, newparent, newname, &e), &e, false);
+}
+
+void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Open);
+  d.reply_open(d.fs().open(d.r, ino, fi), ino, fi);
+}
+
+void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+  Dispatch d(req, Op::Create);
+  fuse_entry_param e{};
+  d.reply_create(d.fs().create(d.r, parent, name, mode, fi, &e), &e, fi);
+}
+
+void ll_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, fuse_file_info* fi) {
+  Dispatch d(req, Op::Tmpfile);
+  fuse_entry_param e{};
+  d.reply_create(d.fs().tmpfile(d.r, parent, mode, fi, &e), &e, fi);
+}
+
+void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  Dispatch d(req, Op::Read);
+  ReadReply out;
+  int err = d.fs().read(d.r, ino, size, off, fi, &out);
+  if (err) return d.reply_err(err);
+  if (out.fd >= 0) {
+    fuse_bufvec buf = FUSE_BUFVEC_INIT(out.size);
+    buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+    buf.buf[0].fd = out.fd;
+    buf.buf[0].pos = out.pos;
+    fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+  } else {
+    fuse_reply_buf(req, out.data.data(), out.size);
+  }
+  d.done(0);
+}
+
+void ll_write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* bufv, off_t off,
+                  fuse_file_info* fi) {
+  Dispatch d(req, Op::Write);
+  size_t written = 0;
+  int err = d.fs().write_buf(d.r, ino, bufv, off, fi, &written);
+  if (err) return d.reply_err(err);
+  fuse_reply_write(req, written);
+  d.done(0);
+}
+
+void ll_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Flush);
+  d.reply_err(d.fs().flush(d.r, ino, fi));
+}
+
+void ll_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Release);
+  d.reply_err(d.fs().release(d.r, ino, fi));
+}
+
+void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  Dispatch d(req, Op::Fsync);
+  d.reply_err(d.fs().fsync(d.r, ino, datasync, fi));
+}
+
+void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Opendir);
+  int err = d.fs().opendir(d.r, ino, fi);
+  if (err) return d.reply_err(err);
+  if (fuse_reply_open(req, fi) != 0) {
+    Request r = d.r;
+    d.fs().releasedir(r, ino, fi);
+  }
+  d.done(0);
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                bool plus) {
+  Dispatch d(req, plus ? Op::Readdirplus : Op::Readdir);
+  DirBuf buf(req, size);
+  int err = d.fs().readdir(d.r, ino, size, off, fi, plus, buf);
+  // Entries already gathered are worth more than an error about the ones after them.
+  if (err && buf.used() == 0) return d.reply_err(err);
+  if (fuse_reply_buf(req, buf.data(), buf.used()) != 0) {
+    for (fuse_ino_t i : buf.refs()) d.fs().forget(i, 1);
+  }
+  d.done(0);
+}
+
+void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  do_readdir(req, ino, size, off, fi, false);
+}
+
+void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  do_readdir(req, ino, size, off, fi, true);
+}
+
+void ll_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Dispatch d(req, Op::Releasedir);
+  d.reply_err(d.fs().releasedir(d.r, ino, fi));
+}
+
+void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  Dispatch d(req, Op::Fsyncdir);
+  d.reply_err(d.fs().fsyncdir(d.r, ino, datasync, fi));
+}
+
+void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
+  Dispatch d(req, Op::Statfs);
+  struct statvfs st;
+  int err = d.fs().statfs(d.r, ino, &st);
+  if (err) return d.reply_err(err);
+  fuse_reply_statfs(req, &st);
+  d.done(0);
+}
+
+void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                 int flags) {
+  Dispatch d(req, Op::Setxattr);
+  d.reply_err(d.fs().setxattr(d.r, ino, name, value, size, flags));
+}
+
+void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  Dispatch d(req, Op::Getxattr);
+  std::string value;
+  size_t len = 0;
+  int err = d.fs().getxattr(d.r, ino, name, size, &value, &len);
+  if (err) return d.reply_err(err);
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else
+    fuse_reply_buf(req, value.data(), len);
+  d.done(0);
+}
+
+void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  Dispatch d(req, Op::Listxattr);
+  std::string list;
+  size_t len = 0;
+  int err = d.fs().listxattr(d.r, ino, size, &list, &len);
+  if (err) return d.reply_err(err);
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else
+    fuse_reply_buf(req, list.data(), len);
+  d.done(0);
+}
+
+void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Dispatch d(req, Op::Removexattr);
+  d.reply_err(d.fs().removexattr(d.r, ino, name));
+}
+
+void ll_access(fuse_req_t req, fuse_ino_t ino, int mask) {
+  Dispatch d(req, Op::Access);
+  d.reply_err(d.fs().access(d.r, ino, mask));
+}
+
+void ll_getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  Dispatch d(req, Op::Getlk);
+  int err = d.fs().getlk(d.r, ino, fi, lock);
+  if (err) return d.reply_err(err);
+  fuse_reply_lock(req, lock);
+  d.done(0);
+}
+
+void ll_setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
+  Dispatch d(req, Op::Setlk);
+  int err = d.fs().setlk(d.r, ino, fi, lock, sleep);
+  if (err == kAsyncReply) return d.done(0);
+  d.reply_err(err);
+}
+
+void ll_flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  Dispatch d(req, Op::Flock);
+  int err = d.fs().flock(d.r, ino, fi, op);
+  if (err == kAsyncReply) return d.done(0);
+  d.reply_err(err);
+}
+
+void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                  fuse_file_info* fi) {
+  Dispatch d(req, Op::Fallocate);
+  d.reply_err(d.fs().fallocate(d.r, ino, mode, offset, length, fi));
+}
+
+void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                        fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                        int flags) {
+  Dispatch d(req, Op::CopyFileRange);
+  size_t copied = 0;
+  int err = d.fs().copy_file_range(d.r, ino_in, off_in, fi_in, ino_out, off_out, fi_out, len, flags,
+                                   &copied);
+  if (err) return d.reply_err(err);
+  fuse_reply_write(req, copied);
+  d.done(0);
+}
+
+void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  Dispatch d(req, Op::Lseek);
+  off_t out = 0;
+  int err = d.fs().lseek(d.r, ino, off, whence, fi, &out);
+  if (err) return d.reply_err(err);
+  fuse_reply_lseek(req, out);
+  d.done(0);
+}
+
+void ll_statx(fuse_req_t req, fuse_ino_t ino, int flags, int mask, fuse_file_info* fi) {
+  Dispatch d(req, Op::Statx);
+  struct statx stx;
+  double timeout = 0;
+  int err = d.fs().statx(d.r, ino, flags, mask, fi, &stx, &timeout);
+  if (err) return d.reply_err(err);
+  fuse_reply_statx(req, 0, &stx, timeout);
+  d.done(0);
+}
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops o{};
+  o.init = ll_init;
+  o.destroy = ll_destroy;
+  o.lookup = ll_lookup;
+  o.forget = ll_forget;
+  o.forget_multi = ll_forget_multi;
+  o.getattr = ll_getattr;
+  o.setattr = ll_setattr;
+  o.readlink = ll_readlink;
+  o.mknod = ll_mknod;
+  o.mkdir = ll_mkdir;
+  o.unlink = ll_unlink;
+  o.rmdir = ll_rmdir;
+  o.symlink = ll_symlink;
+  o.rename = ll_rename;
+  o.link = ll_link;
+  o.open = ll_open;
+  o.create = ll_create;
+  o.tmpfile = ll_tmpfile;
+  o.read = ll_read;
+  o.write_buf = ll_write_buf;
+  o.flush = ll_flush;
+  o.release = ll_release;
+  o.fsync = ll_fsync;
+  o.opendir = ll_opendir;
+  o.readdir = ll_readdir;
+  o.readdirplus = ll_readdirplus;
+  o.releasedir = ll_releasedir;
+  o.fsyncdir = ll_fsyncdir;
+  o.statfs = ll_statfs;
+  o.setxattr = ll_setxattr;
+  o.getxattr = ll_getxattr;
+  o.listxattr = ll_listxattr;
+  o.removexattr = ll_removexattr;
+  o.access = ll_access;
+  o.getlk = ll_getlk;
+  o.setlk = ll_setlk;
+  o.flock = ll_flock;
+  o.fallocate = ll_fallocate;
+  o.copy_file_range = ll_copy_file_range;
+  o.lseek = ll_lseek;
+  o.statx = ll_statx;
+  return o;
+}
+
+const fuse_lowlevel_ops kOps = make_ops();
+
+// Commas and backslashes separate and escape libfuse's -o values.
+std::string escape_opt(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+// The watchdog: a forked child that outlives this process. It only runs async-signal-safe calls
+// (the parent is multithreaded). If the parent closes the pipe without saying 'D' (it died), the
+// mount is detached, but only if it is still this session's mount (its device matches) or dead.
+[[noreturn]] void watchdog_main(int rfd, const char* mountpoint, dev_t dev) {
+  setsid();  // keep terminal signals aimed at the daemon's process group away
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  for (int s = 1; s < 65; s++) {
+    if (s != SIGKILL && s != SIGSTOP) sigaction(s, &sa, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  int nul = open("/dev/null", O_RDWR);
+  if (nul >= 0) {
+    dup2(nul, 0);
+    dup2(nul, 1);
+    dup2(nul, 2);
+  }
+  if (rfd != 3) dup2(rfd, 3);
+  close_range(4, ~0U, 0);
+  prctl(PR_SET_NAME, "fusekit-watch", 0, 0, 0);
+  char c = 0;
+  ssize_t n;
+  do {
+    n = read(3, &c, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n == 1 && c == 'D') _exit(0);
+  // AT_STATX_DONT_SYNC answers from the kernel's cache: it never waits for a daemon.
+  struct statx stx;
+  int r = statx(AT_FDCWD, mountpoint, AT_STATX_DONT_SYNC | AT_SYMLINK_NOFOLLOW, STATX_TYPE, &stx);
+  bool ours = r == 0 ? makedev(stx.stx_dev_major, stx.stx_dev_minor) == dev : errno == ENOTCONN;
+  if (ours) umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);
+  _exit(0);
+}
+
+}  // namespace
+
+Session::Session(MountConfig cfg, std::unique_ptr<Filesystem> fs)
+    : cfg_(std::move(cfg)), fs_(std::move(fs)) {}
+
+Session::~Session() {
+  if (thread_.joinable()) {
+    if (!closed_) detach_now();
+    thread_.join();
+  }
+}
+
+std::string Session::recent_log() {
+  std::lock_guard<std::mutex> g(log_mutex());
+  std::string out;
+  for (auto& l : log_lines()) {
+    if (!out.empty()) out += "; ";
+    out += l;
+  }
+  return out;
+}
+
+const char* Session::transport() const {
+  return stats_.uring_requests.load(std::memory_order_relaxed) ? "io_uring" : "dev";
+}
+
+void Session::set_on_closed(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> g(m_);
+    if (!closed_) {
+      on_closed_ = std::move(fn);
+      return;
+    }
+  }
+  fn();  // ended before anyone listened
+}
+
+bool Session::start(Error* err) {
+  install_log();
+  const std::string uring = sys::read_text("/sys/module/fuse/parameters/enable_uring");
+  const bool uring_on = uring == "Y" || uring == "1";
+  if (cfg_.transport == Transport::IoUring && !uring_on) {
+    *err = {EOPNOTSUPP,
+            "transport 'io_uring' needs FUSE-over-io_uring enabled in the kernel: "
+            "/sys/module/fuse/parameters/enable_uring is not Y (as root: echo Y > that file)"};
+    return false;
+  }
+  uring_requested_ = cfg_.transport != Transport::Dev && uring_on;
+  if (cfg_.passthrough == PassthroughMode::On && !has_cap_sys_admin()) {
+    *err = {EPERM,
+            "passthrough 'on' needs CAP_SYS_ADMIN in the initial user namespace (run as root), "
+            "or use passthrough 'auto'"};
+    return false;
+  }
+
+  std::string opts = "default_permissions,fsname=" + escape_opt(cfg_.fsname) +
+                     ",subtype=" + escape_opt(cfg_.subtype);
+  if (cfg_.allow_other) opts += ",allow_other";
+  if (cfg_.read_only) opts += ",ro";
+  opts += cfg_.devices ? ",dev" : ",nodev";
+  opts += cfg_.suid ? ",suid" : ",nosuid";
+  std::vector<std::string> args = {"fusekit", "-o", opts};
+  if (uring_requested_) {
+    args.push_back("-o");
+    args.push_back("io_uring");
+    args.push_back("-o");
+    args.push_back("io_uring_q_depth=" +
+                   std::to_string(cfg_.uring_queue_depth ? cfg_.uring_queue_depth : 16));
+  }
+  if (cfg_.debug) args.push_back("-d");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  se_ = fuse_session_new(&fargs, &kOps, sizeof(kOps), this);
+  fuse_opt_free_args(&fargs);
+  if (!se_) {
+    *err = {EINVAL, "libfuse refused the session options: " + recent_log()};
+    return false;
+  }
+  errno = 0;
+  if (fuse_session_mount(se_, cfg_.mountpoint.c_str()) != 0) {
+    int e = errno ? errno : EIO;
+    *err = {e, "mounting " + cfg_.mountpoint + " failed: " + recent_log()};
+    fuse_session_destroy(se_);
+    se_ = nullptr;
+    return false;
+  }
+  mounted_ = true;
+  thread_ = std::thread(&Session::loop, this);
+
+  auto fail = [&](Error e) {
+    *err = std::move(e);
+    umount2(cfg_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+    wait_closed();
+    return false;
+  };
+  {
+    std::unique_lock<std::mutex> l(m_);
+    cv_.wait_for(l, std::chrono::seconds(15), [&] { return init_done_ || loop_ended_; });
+    if (!init_done_) {
+      l.unlock();
+      return fail({EIO, "the kernel did not complete FUSE INIT: " + recent_log()});
+    }
+  }
+  // A first request through the mount: proves it is live, gives its device number, and shows
+  // whether requests really travel over io_uring (libfuse falls back silently).
+  for (int i = 0;; i++) {
+    struct statx stx;
+    if (statx(AT_FDCWD, cfg_.mountpoint.c_str(), AT_STATX_FORCE_SYNC | AT_SYMLINK_NOFOLLOW,
+              STATX_BASIC_STATS, &stx) != 0) {
+      int e = errno;
+      return fail({e, "the new mount does not answer: " + std::string(strerror(e))});
+    }
+    mount_dev_ = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    if (!uring_requested_ || stats_.uring_requests.load() || i >= 200) break;
+    usleep(5000);
+  }
+  if (cfg_.transport == Transport::IoUring && !stats_.uring_requests.load()) {
+    return fail({EOPNOTSUPP, "FUSE-over-io_uring did not start: " + recent_log()});
+  }
+  if (cfg_.passthrough == PassthroughMode::On && !passthrough_) {
+    return fail({EOPNOTSUPP,
+                 "the kernel did not offer FUSE passthrough (needs Linux >= 6.9 with "
+                 "CONFIG_FUSE_PASSTHROUGH)"});
+  }
+  if (!start_watchdog(err)) return fail(*err);
+  return true;
+}
+
+void Session::on_init(fuse_conn_info* conn) {
+  if (!uring_requested_) fuse_unset_feature_flag(conn, FUSE_CAP_OVER_IO_URING);
+  passthrough_ = cfg_.passthrough != PassthroughMode::Off && has_cap_sys_admin() &&
+                 fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
+  if (!passthrough_) fuse_unset_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
+  fs_->init(this, conn);
+  std::lock_guard<std::mutex> g(m_);
+  init_done_ = true;
+  cv_.notify_all();
+}
+
+void Session::on_destroy() { fs_->destroy(); }
+
+// The kernel's passthrough ioctls (include/uapi/linux/fuse.h); libfuse's wrappers need a request,
+// and a backing file can also have to be closed when no request is at hand.
+struct fuse_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+#define FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+
+int Session::backing_open(int fd) {
+  fuse_backing_map map{fd, 0, 0};
+  int id = ioctl(fuse_session_fd(se_), FUSE_DEV_IOC_BACKING_OPEN, &map);
+  if (id > 0) {
+    stats_.backing_registered.fetch_add(1, std::memory_order_relaxed);
+    stats_.backing_active.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    stats_.passthrough_failures.fetch_add(1, std::memory_order_relaxed);
+  }
+  return id;
+}
+
+void Session::backing_close(int backing_id) {
+  uint32_t id = static_cast<uint32_t>(backing_id);
+  ioctl(fuse_session_fd(se_), FUSE_DEV_IOC_BACKING_CLOSE, &id);
+  stats_.backing_active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Session::loop() {
+  fuse_loop_config* lc = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(lc, 1);
+  if (cfg_.threads) {
+    fuse_loop_cfg_set_max_threads(lc, cfg_.threads);
+    fuse_loop_cfg_set_idle_threads(lc, cfg_.threads);
+  }
+  fuse_session_loop_mt(se_, lc);
+  fuse_loop_cfg_destroy(lc);
+  teardown();
+}
+
+void Session::teardown() {
+  {
+    std::lock_guard<std::mutex> g(m_);
+    loop_ended_ = true;
+    cv_.notify_all();
+  }
+  // Detaches the mount if it is still there (libfuse first checks that the connection is alive).
+  if (mounted_) fuse_session_unmount(se_);
+  mounted_ = false;
+  stop_watchdog();
+  fuse_session_destroy(se_);
+  se_ = nullptr;
+  std::function<void()> cb;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    closed_ = true;
+    cv_.notify_all();
+    cb = std::move(on_closed_);
+  }
+  if (cb) cb();
+}
+
+void Session::wait_closed() {
+  std::unique_lock<std::mutex> l(m_);
+  cv_.wait(l, [&] { return closed_.load(); });
+}
+
+bool Session::unmount(UnmountMode mode, Error* err) {
+  if (closed_) return true;
+  int flags = UMOUNT_NOFOLLOW;
+  if (mode == UnmountMode::Lazy) flags |= MNT_DETACH;
+  if (mode == UnmountMode::Force) flags |= MNT_FORCE | MNT_DETACH;
+  if (umount2(cfg_.mountpoint.c_str(), flags) != 0) {
+    int e = errno;
+    if (e == EINVAL || e == ENOENT) {
+      // Not mounted any more (unmounted from outside): the loop is ending by itself.
+      wait_closed();
+      return true;
+    }
+    if (e == EBUSY) {
+      *err = {EBUSY, "the mount point " + cfg_.mountpoint +
+                         " is busy (open files or a working directory inside it); close them, or "
+                         "unmount with { lazy: true } or { force: true }"};
+    } else {
+      *err = {e, "unmounting " + cfg_.mountpoint + " failed: " + strerror(e)};
+    }
+    return false;
+  }
+  if (mode != UnmountMode::Lazy) wait_closed();
+  return true;
+}
+
+void Session::detach_now() {
+  if (!closed_) umount2(cfg_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+}
+
+bool Session::start_watchdog(Error* err) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) {
+    *err = {errno, "cannot create the watchdog pipe"};
+    return false;
+  }
+  const char* mp = cfg_.mountpoint.c_str();
+  const dev_t dev = mount_dev_;
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(p[0]);
+    close(p[1]);
+    *err = {e, "cannot start the unmount watchdog"};
+    return false;
+  }
+  if (pid == 0) watchdog_main(p[0], mp, dev);
+  close(p[0]);
+  watchdog_fd_ = p[1];
+  watchdog_pid_ = pid;
+  return true;
+}
+
+void Session::stop_watchdog() {
+  if (watchdog_fd_ < 0) return;
+  ssize_t n;
+  do {
+    n = write(watchdog_fd_, "D", 1);
+  } while (n < 0 && errno == EINTR);
+  close(watchdog_fd_);
+  watchdog_fd_ = -1;
+  if (watchdog_pid_ > 0) {
+    while (waitpid(watchdog_pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  watchdog_pid_ = -1;
+}
+
+}  // namespace fusekit

@@ -1,0 +1,145 @@
+#include "sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace fusekit::sys {
+
+namespace {
+
+// x86_64/aarch64 share these numbers (the new generic syscall table).
+constexpr long kSysOpenTree = 428;
+constexpr long kSysFchmodat2 = 452;
+constexpr long kSysSetxattrat = 463;
+constexpr long kSysGetxattrat = 464;
+constexpr long kSysListxattrat = 465;
+constexpr long kSysRemovexattrat = 466;
+constexpr unsigned kOpenTreeClone = 1;
+constexpr unsigned kAtRecursive = 0x8000;
+
+struct XattrArgs {
+  uint64_t value;
+  uint32_t size;
+  uint32_t flags;
+};
+
+std::atomic<bool> g_no_xattrat{false};
+std::atomic<bool> g_no_fchmodat2{false};
+
+int proc_fd_dir() {
+  static const int fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  return fd;
+}
+
+void proc_path(int fd, char* buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
+
+}  // namespace
+
+int open_tree_clone(const char* path) {
+  return static_cast<int>(
+      syscall(kSysOpenTree, AT_FDCWD, path, kOpenTreeClone | kAtRecursive | O_CLOEXEC));
+}
+
+int reopen(int fd, int flags) {
+  char name[16];
+  snprintf(name, sizeof name, "%d", fd);
+  return openat(proc_fd_dir(), name, (flags & ~O_NOFOLLOW) | O_CLOEXEC);
+}
+
+int fchmod_path(int fd, mode_t mode, bool is_symlink) {
+  if (!g_no_fchmodat2.load(std::memory_order_relaxed)) {
+    long r = syscall(kSysFchmodat2, fd, "", mode, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    if (r == 0 || errno != ENOSYS) return static_cast<int>(r);
+    g_no_fchmodat2.store(true, std::memory_order_relaxed);
+  }
+  // Linux has no modes on symlinks; a path-based chmod would follow one.
+  if (is_symlink) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  char p[40];
+  proc_path(fd, p, sizeof p);
+  return chmod(p, mode);
+}
+
+ssize_t getxattr_fd(int fd, const char* name, void* value, size_t size) {
+  if (!g_no_xattrat.load(std::memory_order_relaxed)) {
+    XattrArgs a{reinterpret_cast<uint64_t>(value), static_cast<uint32_t>(size), 0};
+    long r = syscall(kSysGetxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name, &a,
+                     sizeof a);
+    if (r >= 0 || errno != ENOSYS) return r;
+    g_no_xattrat.store(true, std::memory_order_relaxed);
+  }
+  // The /proc magic link resolves to exactly the object the descriptor holds, even a symlink.
+  char p[40];
+  proc_path(fd, p, sizeof p);
+  return getxattr(p, name, value, size);
+}
+
+int setxattr_fd(int fd, const char* name, const void* value, size_t size, int flags) {
+  if (!g_no_xattrat.load(std::memory_order_relaxed)) {
+    XattrArgs a{reinterpret_cast<uint64_t>(value), static_cast<uint32_t>(size),
+                static_cast<uint32_t>(flags)};
+    long r = syscall(kSysSetxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name, &a,
+                     sizeof a);
+    if (r >= 0 || errno != ENOSYS) return static_cast<int>(r);
+    g_no_xattrat.store(true, std::memory_order_relaxed);
+  }
+  char p[40];
+  proc_path(fd, p, sizeof p);
+  return setxattr(p, name, value, size, flags);
+}
+
+ssize_t listxattr_fd(int fd, char* list, size_t size) {
+  if (!g_no_xattrat.load(std::memory_order_relaxed)) {
+    long r = syscall(kSysListxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, list, size);
+    if (r >= 0 || errno != ENOSYS) return r;
+    g_no_xattrat.store(true, std::memory_order_relaxed);
+  }
+  char p[40];
+  proc_path(fd, p, sizeof p);
+  return listxattr(p, list, size);
+}
+
+int removexattr_fd(int fd, const char* name) {
+  if (!g_no_xattrat.load(std::memory_order_relaxed)) {
+    long r = syscall(kSysRemovexattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name);
+    if (r >= 0 || errno != ENOSYS) return static_cast<int>(r);
+    g_no_xattrat.store(true, std::memory_order_relaxed);
+  }
+  char p[40];
+  proc_path(fd, p, sizeof p);
+  return removexattr(p, name);
+}
+
+int truncate_fd(int fd, off_t size) {
+  int wfd = reopen(fd, O_WRONLY);
+  if (wfd < 0) return -1;
+  int r = ftruncate(wfd, size);
+  int e = errno;
+  close(wfd);
+  errno = e;
+  return r;
+}
+
+std::string read_text(const char* path) {
+  std::string out;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[256];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+}  // namespace fusekit::sys

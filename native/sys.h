@@ -1,0 +1,35 @@
+// Descriptor-relative system calls the C library of Debian 12 does not wrap yet, with fallbacks.
+// Every call here acts on an inode's own descriptor and never follows a symlink.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <string>
+
+namespace fusekit::sys {
+
+// Opens a detached clone of the mount tree at path (open_tree OPEN_TREE_CLONE|AT_RECURSIVE): the
+// daemon's view of its source cannot be changed by mounts made later, and ".." from a directory
+// moved out of it fails. -1/errno when not permitted.
+int open_tree_clone(const char* path);
+
+// Reopens an O_PATH descriptor with real access flags through /proc/self/fd.
+int reopen(int fd, int flags);
+
+// chmod of the file an O_PATH descriptor refers to (never a symlink target).
+int fchmod_path(int fd, mode_t mode, bool is_symlink);
+
+// Extended attributes of the file an O_PATH descriptor refers to, symlinks included.
+ssize_t getxattr_fd(int fd, const char* name, void* value, size_t size);
+int setxattr_fd(int fd, const char* name, const void* value, size_t size, int flags);
+ssize_t listxattr_fd(int fd, char* list, size_t size);
+int removexattr_fd(int fd, const char* name);
+
+// truncate() of a regular file known only by an O_PATH descriptor.
+int truncate_fd(int fd, off_t size);
+
+// Reads a small text file (sysfs/procfs); empty on error.
+std::string read_text(const char* path);
+
+}  // namespace fusekit::sys
