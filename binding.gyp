@@ -10,6 +10,12 @@
         "native/js_config.cc",
         "native/locks.cc",
         "native/mount_handle.cc",
+        "native/open_files.cc",
+        "native/overlay.cc",
+        "native/overlay_copyup.cc",
+        "native/overlay_dir.cc",
+        "native/overlay_ns.cc",
+        "native/overlay_xattr.cc",
         "native/passthrough.cc",
         "native/session.cc",
         "native/stats.cc",
@@ -24,6 +30,16 @@
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-std=gnu++20", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
       "libraries": ["<!@(node scripts/libfuse-flags.js --libs)"],
+      "conditions": [
+        ["OS!='linux'", { "type": "none" }]
+      ]
+    },
+    {
+      "target_name": "fsops",
+      "type": "executable",
+      "sources": ["test/helpers/fsops.c"],
+      "defines": ["_GNU_SOURCE"],
+      "cflags": ["-Wall", "-Wextra"],
       "conditions": [
         ["OS!='linux'", { "type": "none" }]
       ]

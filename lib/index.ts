@@ -1,3 +1,3 @@
 export { FusekitError } from './errors';
 export { Mount, type MountStats, type UnmountOptions, liveMounts, mount, unmountPath } from './mount';
-export { type MountOptions, OPTION_SPECS } from './options';
+export { type MountOptions, type OverlayLayers, OPTION_SPECS } from './options';

@@ -127,15 +127,19 @@ function fail(code: string, message: string, p?: string, cause?: unknown): never
   throw new FusekitError(code, message, { path: p, cause });
 }
 
-/** Checks everything a user can get wrong before touching the system. */
-async function preflight(o: NormalizedOptions): Promise<void> {
-  try {
-    const st = await fsp.stat(o.source);
-    if (!st.isDirectory()) fail('ENOTDIR', `source ${o.source} is not a directory`, o.source);
-  } catch (e) {
-    if (e instanceof FusekitError) throw e;
-    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-    fail(code, `source ${o.source} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.source, e);
+/** Checks everything a user can get wrong before touching the system; returns the real mount
+ * point. */
+async function preflight(o: NormalizedOptions): Promise<string> {
+  // Overlay layers are checked by the core, which must check them anyway.
+  if (!o.overlay) {
+    try {
+      const st = await fsp.stat(o.source);
+      if (!st.isDirectory()) fail('ENOTDIR', `source ${o.source} is not a directory`, o.source);
+    } catch (e) {
+      if (e instanceof FusekitError) throw e;
+      const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+      fail(code, `source ${o.source} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.source, e);
+    }
   }
   let real: string;
   try {
@@ -158,24 +162,37 @@ async function preflight(o: NormalizedOptions): Promise<void> {
     if (code === 'ENOENT') fail('ENODEV', '/dev/fuse does not exist: load the fuse kernel module (modprobe fuse)', '/dev/fuse', e);
     fail(code, `/dev/fuse cannot be opened (${code}): mounting needs root or access to /dev/fuse`, '/dev/fuse', e);
   }
+  return real;
 }
 
+// Real mount points with a mount() of this process under way: two concurrent mounts on one
+// directory would both pass the preflight and stack, and unmounting the lower one would hang.
+const mounting = new Set<string>();
+
 /**
- * Mounts a passthrough filesystem mirroring `source` at `mountpoint`, served entirely by native
- * threads. Rejects with a FusekitError (code = errno name) and leaves nothing mounted on failure.
+ * Mounts a passthrough filesystem mirroring `source` at `mountpoint`, or an overlay of
+ * `overlay.lower` (+ `upper`/`work`), served entirely by native threads. Rejects with a
+ * FusekitError (code = errno name) and leaves nothing mounted on failure.
  */
 export async function mount(options: MountOptions): Promise<Mount> {
   const o = normalizeOptions(options);
-  await preflight(o);
+  const real = await preflight(o);
+  if (mounting.has(real)) fail('EBUSY', `mount point ${o.mountpoint} is being mounted already`, o.mountpoint);
   const binding = native();
   let resolveClosed!: () => void;
   const closed = new Promise<void>((r) => (resolveClosed = r));
   let handle: NativeMountHandle;
+  mounting.add(real);
   try {
+    // Mounted by a mount() that finished after this one's preflight.
+    if (await isMountPoint(real))
+      fail('EBUSY', `mount point ${o.mountpoint} is already a mount point`, o.mountpoint);
     const { allowNonEmpty: _, ...config } = o;
     handle = await binding.mount(config, () => resolveClosed());
   } catch (e) {
     throw FusekitError.from(e, undefined, o.mountpoint);
+  } finally {
+    mounting.delete(real);
   }
   const m = new Mount(handle, o, closed);
   live.add(m);

@@ -4,6 +4,13 @@ import * as path from 'node:path';
 /** The addon's surface, as binding.cc and mount_handle.cc define it. */
 export interface NativeConfig {
   source: string;
+  overlay?: {
+    lower: string[];
+    upper: string;
+    work: string;
+    ociWhiteouts: boolean;
+    redirectDir: boolean;
+  };
   mountpoint: string;
   fsname: string;
   subtype: string;

@@ -3,10 +3,26 @@ import * as path from 'node:path';
 import { invalid } from './errors';
 import type { NativeConfig } from './native';
 
+/** Layers of an overlay mount, as kernel overlayfs takes them. */
+export interface OverlayLayers {
+  /** Lower layers, top first. At least one. */
+  lower: string[];
+  /** Writable upper layer; without it the overlay is read-only. */
+  upper?: string;
+  /** Work dir on the upper's filesystem, empty or used by an overlay before. */
+  work?: string;
+  /** Also read OCI/AUFS `.wh.<name>` and `.wh..wh..opq` files as whiteouts. Default false. */
+  ociWhiteouts?: boolean;
+  /** Allow renaming directories that come from a lower layer (kernel: redirect_dir). Default true. */
+  redirectDir?: boolean;
+}
+
 /** Options of `mount()`. Every one is also a kebab-case flag of `fusekit mount`. */
 export interface MountOptions {
-  /** Directory to mirror. */
-  source: string;
+  /** Directory to mirror (passthrough). Exactly one of `source` and `overlay`. */
+  source?: string;
+  /** Layers to merge (overlay). Exactly one of `source` and `overlay`. */
+  overlay?: OverlayLayers;
   /** Empty directory to mount on. */
   mountpoint: string;
   /** Mount read-only (the kernel and the daemon both refuse writes). Default false. */
@@ -131,22 +147,52 @@ export interface NormalizedOptions extends NativeConfig {
   allowNonEmpty: boolean;
 }
 
+function normalizeOverlay(o: unknown): Required<OverlayLayers> {
+  if (typeof o !== 'object' || o === null) throw invalid('option overlay must be an object');
+  const v = o as Record<string, unknown>;
+  for (const k of Object.keys(v)) {
+    if (!['lower', 'upper', 'work', 'ociWhiteouts', 'redirectDir'].includes(k))
+      throw invalid(`unknown overlay option '${k}'`);
+  }
+  if (!Array.isArray(v.lower) || v.lower.length === 0)
+    throw invalid('overlay.lower must be a non-empty array of directories (top first)');
+  const lower = v.lower.map((l, i) => checkPath(`overlay.lower[${i}]`, l));
+  const hasUpper = v.upper !== undefined;
+  if (hasUpper !== (v.work !== undefined))
+    throw invalid('overlay.upper and overlay.work go together (neither: a read-only overlay)');
+  for (const k of ['ociWhiteouts', 'redirectDir'] as const) {
+    if (v[k] !== undefined && typeof v[k] !== 'boolean')
+      throw invalid(`overlay.${k} must be a boolean`);
+  }
+  return {
+    lower,
+    upper: hasUpper ? checkPath('overlay.upper', v.upper) : '',
+    work: hasUpper ? checkPath('overlay.work', v.work) : '',
+    ociWhiteouts: (v.ociWhiteouts as boolean | undefined) ?? false,
+    redirectDir: (v.redirectDir as boolean | undefined) ?? true,
+  };
+}
+
 /** Validates options before anything touches the system and fills in the defaults. */
 export function normalizeOptions(options: MountOptions): NormalizedOptions {
   if (typeof options !== 'object' || options === null)
     throw invalid('mount() needs an options object');
   for (const [key, value] of Object.entries(options)) {
-    if (key === 'source' || key === 'mountpoint' || value === undefined) continue;
+    if (['source', 'mountpoint', 'overlay'].includes(key) || value === undefined) continue;
     checkOption(key, value);
   }
-  const source = checkPath('source', options.source);
+  if ((options.source === undefined) === (options.overlay === undefined))
+    throw invalid('mount() needs exactly one of source (passthrough) and overlay (layers)');
+  const overlay = options.overlay === undefined ? undefined : normalizeOverlay(options.overlay);
+  const source = overlay ? '' : checkPath('source', options.source);
   const mountpoint = checkPath('mountpoint', options.mountpoint);
   return {
     source,
+    ...(overlay ? { overlay } : {}),
     mountpoint,
-    fsname: options.fsname ?? source,
+    fsname: options.fsname ?? (overlay ? 'fusekit-overlay' : source),
     subtype: options.subtype ?? 'fusekit',
-    readOnly: options.readOnly ?? false,
+    readOnly: (options.readOnly ?? false) || (overlay !== undefined && overlay.upper === ''),
     allowOther: options.allowOther ?? false,
     devices: options.devices ?? false,
     suid: options.suid ?? false,

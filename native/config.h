@@ -11,8 +11,19 @@ namespace fusekit {
 enum class PassthroughMode { Auto, On, Off };
 enum class Transport { Auto, IoUring, Dev };
 
+// Overlay layers, as kernel overlayfs takes them.
+struct OverlayConfig {
+  std::vector<std::string> lower;  // top first
+  std::string upper;               // empty: a read-only overlay of the lower layers
+  std::string work;                // on the upper's filesystem
+  bool oci_whiteouts = false;      // also read OCI/AUFS ".wh." files as whiteouts
+  bool redirect_dir = true;        // allow renaming lower directories (redirect xattr)
+};
+
 struct MountConfig {
-  std::string source;  // passthrough source directory
+  std::string source;  // passthrough source directory (empty for an overlay)
+  bool is_overlay = false;
+  OverlayConfig overlay;
   std::string mountpoint;
   std::string fsname;
   std::string subtype = "fusekit";

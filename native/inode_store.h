@@ -60,6 +60,7 @@ struct Inode {
   uint32_t ncached = 0;
   int backing_id = 0;
   bool backing_writable = false;
+  InodeKey backing_real{};  // the real file the backing file is (overlay: changes at copy-up)
   std::unique_ptr<LockOwners> locks;
 };
 

@@ -56,6 +56,24 @@ MountConfig config_from_js(const Napi::Object& o) {
   c.entry_timeout = get_number(o, "entryTimeout", 1.0);
   c.attr_timeout = get_number(o, "attrTimeout", 1.0);
   c.negative_timeout = get_number(o, "negativeTimeout", 0.0);
+  Napi::Value ov = o.Get("overlay");
+  if (ov.IsObject()) {
+    Napi::Object v = ov.As<Napi::Object>();
+    c.is_overlay = true;
+    Napi::Value lower = v.Get("lower");
+    if (!lower.IsArray()) throw Napi::TypeError::New(o.Env(), "overlay.lower must be an array");
+    Napi::Array arr = lower.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Value s = arr.Get(i);
+      if (!s.IsString()) throw Napi::TypeError::New(o.Env(), "overlay.lower entries must be strings");
+      c.overlay.lower.push_back(s.As<Napi::String>().Utf8Value());
+    }
+    c.overlay.upper = get_string(v, "upper");
+    c.overlay.work = get_string(v, "work");
+    c.overlay.oci_whiteouts = get_bool(v, "ociWhiteouts", false);
+    c.overlay.redirect_dir = get_bool(v, "redirectDir", true);
+    if (c.overlay.upper.empty()) c.read_only = true;  // nothing can be written without an upper
+  }
   if (c.mountpoint.empty() || c.mountpoint[0] != '/')
     throw Napi::TypeError::New(o.Env(), "mountpoint must be an absolute path");
   return c;

@@ -23,6 +23,14 @@ std::unordered_set<std::shared_ptr<Session>>& registry() {
 
 Napi::FunctionReference* g_ctor = nullptr;
 
+// False from the environment's cleanup on: a session ending later (the process exiting with a
+// mount still live) must not call its thread-safe function, which is freed soon after.
+std::mutex& js_mutex() {
+  static auto* m = new std::mutex;
+  return *m;
+}
+bool g_js_alive = true;
+
 class MountWorker : public Napi::AsyncWorker {
  public:
   MountWorker(Napi::Env env, MountConfig cfg, Napi::Function on_closed)
@@ -118,6 +126,12 @@ Napi::Function MountHandle::Init(Napi::Env env) {
                                      InstanceMethod("unref", &MountHandle::Unref),
                                  });
   g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  // Registered before any thread-safe function, so it runs after their cleanup hooks, while they
+  // still exist (they are freed when their handles close, later).
+  env.AddCleanupHook([] {
+    std::lock_guard<std::mutex> g(js_mutex());
+    g_js_alive = false;
+  });
   return f;
 }
 
@@ -150,12 +164,19 @@ void MountHandle::Attach(std::shared_ptr<Session> session, Napi::Function on_clo
   std::weak_ptr<Session> weak = session_;
   Napi::ThreadSafeFunction tsfn = tsfn_;
   session_->set_on_closed([tsfn, weak]() mutable {
+    std::lock_guard<std::mutex> g(js_mutex());
+    if (!g_js_alive) return;
     tsfn.BlockingCall([weak](Napi::Env env, Napi::Function cb) {
       if (auto s = weak.lock()) {
         std::lock_guard<std::mutex> g(registry_mutex());
         registry().erase(s);
       }
-      cb.Call({});
+      // During environment teardown (the process exiting with the mount still live) JavaScript
+      // cannot run: the call fails, and an exception escaping here would abort the process.
+      try {
+        cb.Call({});
+      } catch (const Napi::Error&) {
+      }
       (void)env;
     });
     tsfn.Release();

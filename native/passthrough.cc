@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/mount.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
@@ -30,7 +29,7 @@ struct DirHandle {
   alignas(8) char buf[32768];
 };
 
-FileHandle* fh(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+FileHandle* fh(fuse_file_info* fi) { return file_handle(fi); }
 DirHandle* dh(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
 
 struct linux_dirent64 {
@@ -57,8 +56,6 @@ void kill_suidgid(int fd) {
 }
 
 constexpr int kHandleFlagsDropped = O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW;
-// A handle opened with one of these cannot double as the inode's shared backing file.
-constexpr int kNotShareable = O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_PATH;
 
 }  // namespace
 
@@ -74,17 +71,7 @@ std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Err
     *err = {e, "source " + cfg.source + " " + why};
     return nullptr;
   }
-  int fd = sys::open_tree_clone(cfg.source.c_str());
-  if (fd >= 0) {
-    // Private (no mount propagation into it) and nosymfollow as a second line of defence.
-    struct mount_attr attr {};
-    attr.attr_set = MOUNT_ATTR_NOSYMFOLLOW;
-    attr.propagation = MS_PRIVATE;
-    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0) {
-      close(fd);
-      fd = -1;
-    }
-  }
+  int fd = sys::open_private_tree(cfg.source.c_str());
   if (fd >= 0) {
     close(probe);
     fs->detached_ = true;
@@ -124,6 +111,7 @@ void PassthroughFs::init(Session* session, fuse_conn_info* conn) {
   session_ = session;
   stats_ = &session->stats();
   passthrough_ = session->passthrough();
+  files_.init(session, passthrough_, cfg_.attr_timeout);
   // NFS-style handles: lookups of "." and ".." by node id are answered (stale ids give ESTALE).
   fuse_set_feature_flag(conn, FUSE_CAP_EXPORT_SUPPORT);
   fuse_set_feature_flag(conn, FUSE_CAP_PARALLEL_DIROPS);
@@ -397,84 +385,6 @@ int PassthroughFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const ch
   return do_lookup(dir, newname, e);
 }
 
-int PassthroughFs::open_handle(const Request&, Inode* in, int fd, int flags, fuse_file_info* fi) {
-  auto* h = new FileHandle;
-  h->fd = fd;
-  fi->fh = reinterpret_cast<uint64_t>(h);
-  fi->keep_cache = 0;
-  fi->direct_io = 0;
-  const bool want_write = (flags & O_ACCMODE) != O_RDONLY;
-  std::lock_guard<std::mutex> g(in->m);
-  // The kernel refuses passthrough opens while page-cache opens of the inode exist.
-  if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
-    if (!in->backing_id) {
-      int hacc = flags & O_ACCMODE;
-      int bfd = fd;
-      bool own = false;
-      // One backing file serves every later open of the inode, whatever its flags: the handle
-      // itself when it is a plain read or read-write open, else a plain descriptor of its own.
-      if ((flags & kNotShareable) || hacc == O_WRONLY) {
-        bfd = sys::reopen(in->fd, want_write ? O_RDWR : O_RDONLY);
-        own = bfd >= 0;
-      }
-      if (bfd >= 0) {
-        int id = session_->backing_open(bfd);
-        if (own) close(bfd);  // the kernel keeps its own reference
-        if (id > 0) {
-          in->backing_id = id;
-          in->backing_writable = want_write;
-        }
-      }
-    }
-    if (in->backing_id) {
-      fi->backing_id = in->backing_id;
-      if (want_write && !in->backing_writable) {
-        // Read-only backing shared with earlier opens: this writer's reads and writes go through
-        // the daemon; mmap still maps the backing file.
-        fi->direct_io = 1;
-        fi->parallel_direct_writes = 1;
-        h->kind = FileHandle::Direct;
-        stats_->opens_direct.fetch_add(1, std::memory_order_relaxed);
-      } else {
-        h->kind = FileHandle::Passthrough;
-      }
-      in->npassthrough++;
-      stats_->opens_passthrough.fetch_add(1, std::memory_order_relaxed);
-      return 0;
-    }
-  }
-  if (in->npassthrough > 0) {
-    // Cannot happen while the counts mirror the kernel's; refuse rather than break the inode.
-    delete h;
-    fi->fh = 0;
-    return EBUSY;
-  }
-  in->ncached++;
-  h->kind = FileHandle::Cached;
-  fi->keep_cache = cfg_.attr_timeout > 0;  // AUTO_INVAL_DATA drops it when mtime/size change
-  stats_->opens_cached.fetch_add(1, std::memory_order_relaxed);
-  return 0;
-}
-
-void PassthroughFs::close_handle(Inode* in, FileHandle* h) {
-  int backing = 0;
-  {
-    std::lock_guard<std::mutex> g(in->m);
-    if (h->kind == FileHandle::Cached) {
-      in->ncached--;
-    } else if (--in->npassthrough == 0 && in->backing_id) {
-      backing = in->backing_id;
-      in->backing_id = 0;
-      in->backing_writable = false;
-    }
-    if (in->ncached == 0 && in->npassthrough == 0) FileLocks::release_all_locked(in);
-    // Closed under the lock: a racing open must not register a new backing file first.
-    if (backing) session_->backing_close(backing);
-  }
-  close(h->fd);
-  delete h;
-}
-
 int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* in = inode(ino);
   int acc = fi->flags & O_ACCMODE;
@@ -488,7 +398,7 @@ int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   if (fd < 0) fd = sys::reopen(in->fd, flags);
   if (fd < 0) return errno;
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
-  int err = open_handle(r, in, fd, flags, fi);
+  int err = files_.attach(in, in->fd, in->key, fd, flags, fi);
   if (err) close(fd);
   return err;
 }
@@ -541,7 +451,7 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
   int err = adopt(fd, false, e);
   if (!err) {
-    err = open_handle(r, inode(e->ino), fd, flags & ~kHandleFlagsDropped, fi);
+    err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped, fi);
     if (err) forget(e->ino, 1);
   }
   if (err) close(fd);
@@ -563,7 +473,8 @@ int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file
   }
   int err = adopt(fd, true, e);
   if (!err) {
-    err = open_handle(r, inode(e->ino), fd, flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
+    err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd,
+                         flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
     if (err) forget(e->ino, 1);
   }
   if (err) close(fd);
@@ -571,7 +482,7 @@ int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file
 }
 
 void PassthroughFs::abandon_open(fuse_ino_t ino, fuse_file_info* fi) {
-  if (FileHandle* h = fh(fi)) close_handle(inode(ino), h);
+  if (FileHandle* h = fh(fi)) files_.detach(inode(ino), h);
 }
 
 int PassthroughFs::read(Request&, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi,
@@ -614,7 +525,7 @@ int PassthroughFs::flush(Request&, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 int PassthroughFs::release(Request&, fuse_ino_t ino, fuse_file_info* fi) {
-  close_handle(inode(ino), fh(fi));
+  files_.detach(inode(ino), fh(fi));
   return 0;
 }
 

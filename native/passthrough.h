@@ -14,16 +14,10 @@
 #include "ino_map.h"
 #include "inode_store.h"
 #include "locks.h"
+#include "open_files.h"
 #include "session.h"
 
 namespace fusekit {
-
-// One FUSE open of a regular file.
-struct FileHandle {
-  enum Kind : uint8_t { Cached, Passthrough, Direct };
-  int fd = -1;
-  Kind kind = Cached;
-};
 
 class PassthroughFs : public Filesystem {
  public:
@@ -108,9 +102,6 @@ class PassthroughFs : public Filesystem {
   void map_attr(struct stat* st) const;
   // ENOENT once a directory has been moved out of the source (its ".." is unreachable).
   int check_dir(Inode* dir) const;
-  // Opens the per-open descriptor and decides passthrough vs daemon I/O for it.
-  int open_handle(const Request& r, Inode* in, int fd, int flags, fuse_file_info* fi);
-  void close_handle(Inode* in, FileHandle* h);
   // Creates a node as the caller (mk runs with the caller's fsuid/fsgid and umask), then looks it
   // up. mk returns 0 or -1 with errno set.
   int make_node(const Request& r, Inode* dir, const char* name, fuse_entry_param* e,
@@ -122,6 +113,7 @@ class PassthroughFs : public Filesystem {
   InodeStore store_;
   std::unique_ptr<InoMap> ino_map_;
   FileLocks locks_;
+  OpenFiles files_;
   bool detached_ = false;     // the source is a private detached mount clone
   bool passthrough_ = false;  // negotiated at INIT
 };

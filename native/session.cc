@@ -546,6 +546,22 @@ std::string escape_opt(const std::string& s) {
   _exit(0);
 }
 
+// Whether a mount of device dev is still attached in this process's mount namespace.
+bool attached(dev_t dev) {
+  FILE* f = fopen("/proc/self/mountinfo", "re");
+  if (!f) return false;
+  const std::string want = std::to_string(major(dev)) + ":" + std::to_string(minor(dev)) + " ";
+  char line[4096];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f)) {
+    const char* p = strchr(line, ' ');  // "id parent major:minor ..."
+    if (p) p = strchr(p + 1, ' ');
+    found = p && strncmp(p + 1, want.c_str(), want.size()) == 0;
+  }
+  fclose(f);
+  return found;
+}
+
 }  // namespace
 
 Session::Session(MountConfig cfg, std::unique_ptr<Filesystem> fs)
@@ -760,6 +776,15 @@ bool Session::unmount(UnmountMode mode, Error* err) {
   int flags = UMOUNT_NOFOLLOW;
   if (mode == UnmountMode::Lazy) flags |= MNT_DETACH;
   if (mode == UnmountMode::Force) flags |= MNT_FORCE | MNT_DETACH;
+  // umount2 acts on the topmost mount at the path: had another filesystem been mounted over this
+  // one, it would be removed instead, and this call would wait for a loop that never ends.
+  struct statx stx;
+  if (statx(AT_FDCWD, cfg_.mountpoint.c_str(), AT_STATX_DONT_SYNC | AT_SYMLINK_NOFOLLOW, STATX_TYPE,
+            &stx) == 0 &&
+      makedev(stx.stx_dev_major, stx.stx_dev_minor) != mount_dev_ && attached(mount_dev_)) {
+    *err = {EBUSY, "another filesystem is mounted over " + cfg_.mountpoint + "; unmount it first"};
+    return false;
+  }
   if (umount2(cfg_.mountpoint.c_str(), flags) != 0) {
     int e = errno;
     if (e == EINVAL || e == ENOENT) {

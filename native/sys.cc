@@ -1,6 +1,10 @@
 #include "sys.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <linux/mount.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -48,6 +52,62 @@ int open_tree_clone(const char* path) {
       syscall(kSysOpenTree, AT_FDCWD, path, kOpenTreeClone | kAtRecursive | O_CLOEXEC));
 }
 
+int open_private_tree(const char* path) {
+  int fd = open_tree_clone(path);
+  if (fd < 0) return -1;
+  struct mount_attr attr {};
+  attr.attr_set = MOUNT_ATTR_NOSYMFOLLOW;
+  attr.propagation = MS_PRIVATE;
+  if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) != 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
+bool fs_uuid(int path_fd, uint8_t out[16]) {
+  struct fsuuid2 {
+    uint8_t len;
+    uint8_t uuid[16];
+  } u{};
+  int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  int r = ioctl(fd, _IOR(0x15, 0, struct fsuuid2), &u);
+  close(fd);
+  if (r != 0 || u.len != 16) return false;
+  memcpy(out, u.uuid, 16);
+  for (int i = 0; i < 16; i++)
+    if (out[i]) return true;
+  return false;
+}
+
+int remove_contents(int dirfd) {
+  int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  DIR* d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return -1;
+  }
+  int result = 0;
+  while (struct dirent* e = readdir(d)) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    if (unlinkat(fd, e->d_name, 0) == 0) continue;
+    if (errno != EISDIR && errno != EPERM) {
+      result = -1;
+      continue;
+    }
+    int sub = openat(fd, e->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0 || remove_contents(sub) != 0) result = -1;
+    if (sub >= 0) close(sub);
+    if (unlinkat(fd, e->d_name, AT_REMOVEDIR) != 0) result = -1;
+  }
+  closedir(d);
+  return result;
+}
+
 int reopen(int fd, int flags) {
   char name[16];
   snprintf(name, sizeof name, "%d", fd);
@@ -75,10 +135,12 @@ ssize_t getxattr_fd(int fd, const char* name, void* value, size_t size) {
     XattrArgs a{reinterpret_cast<uint64_t>(value), static_cast<uint32_t>(size), 0};
     long r = syscall(kSysGetxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name, &a,
                      sizeof a);
-    if (r >= 0 || errno != ENOSYS) return r;
+    if (r >= 0 || (errno != ENOSYS && errno != EBADF)) return r;
     g_no_xattrat.store(true, std::memory_order_relaxed);
   }
-  // The /proc magic link resolves to exactly the object the descriptor holds, even a symlink.
+  // *xattrat() refuses O_PATH descriptors with an empty path (EBADF: the kernel's fdget skips
+  // them), which inode descriptors are; the /proc magic link resolves to exactly the object the
+  // descriptor holds, even a symlink.
   char p[40];
   proc_path(fd, p, sizeof p);
   return getxattr(p, name, value, size);
@@ -90,7 +152,7 @@ int setxattr_fd(int fd, const char* name, const void* value, size_t size, int fl
                 static_cast<uint32_t>(flags)};
     long r = syscall(kSysSetxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name, &a,
                      sizeof a);
-    if (r >= 0 || errno != ENOSYS) return static_cast<int>(r);
+    if (r >= 0 || (errno != ENOSYS && errno != EBADF)) return static_cast<int>(r);
     g_no_xattrat.store(true, std::memory_order_relaxed);
   }
   char p[40];
@@ -101,7 +163,7 @@ int setxattr_fd(int fd, const char* name, const void* value, size_t size, int fl
 ssize_t listxattr_fd(int fd, char* list, size_t size) {
   if (!g_no_xattrat.load(std::memory_order_relaxed)) {
     long r = syscall(kSysListxattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, list, size);
-    if (r >= 0 || errno != ENOSYS) return r;
+    if (r >= 0 || (errno != ENOSYS && errno != EBADF)) return r;
     g_no_xattrat.store(true, std::memory_order_relaxed);
   }
   char p[40];
@@ -112,7 +174,7 @@ ssize_t listxattr_fd(int fd, char* list, size_t size) {
 int removexattr_fd(int fd, const char* name) {
   if (!g_no_xattrat.load(std::memory_order_relaxed)) {
     long r = syscall(kSysRemovexattrat, fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, name);
-    if (r >= 0 || errno != ENOSYS) return static_cast<int>(r);
+    if (r >= 0 || (errno != ENOSYS && errno != EBADF)) return static_cast<int>(r);
     g_no_xattrat.store(true, std::memory_order_relaxed);
   }
   char p[40];

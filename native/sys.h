@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace fusekit::sys {
@@ -13,6 +14,16 @@ namespace fusekit::sys {
 // daemon's view of its source cannot be changed by mounts made later, and ".." from a directory
 // moved out of it fails. -1/errno when not permitted.
 int open_tree_clone(const char* path);
+
+// open_tree_clone made private (no mount propagation into it) and nosymfollow, as a second line of
+// defence against following symlinks. -1/errno when not permitted.
+int open_private_tree(const char* path);
+
+// The filesystem UUID (FS_IOC_GETFSUUID); false when the filesystem has none.
+bool fs_uuid(int path_fd, uint8_t out[16]);
+
+// Removes everything below a directory (not the directory itself), never following symlinks.
+int remove_contents(int dirfd);
 
 // Reopens an O_PATH descriptor with real access flags through /proc/self/fd.
 int reopen(int fd, int flags);

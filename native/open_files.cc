@@ -1,0 +1,92 @@
+#include "open_files.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "locks.h"
+#include "sys.h"
+
+namespace fusekit {
+
+namespace {
+// An open with one of these cannot double as the inode's shared backing file.
+constexpr int kNotShareable = O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_PATH;
+}  // namespace
+
+int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd, int flags,
+                      fuse_file_info* fi) {
+  auto* h = new FileHandle;
+  h->fd = fd;
+  fi->fh = reinterpret_cast<uint64_t>(h);
+  fi->keep_cache = 0;
+  fi->direct_io = 0;
+  const bool want_write = (flags & O_ACCMODE) != O_RDONLY;
+  std::lock_guard<std::mutex> g(in->m);
+  if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
+    if (!in->backing_id) {
+      int bfd = fd;
+      bool own = false;
+      if ((flags & kNotShareable) || (flags & O_ACCMODE) == O_WRONLY) {
+        bfd = sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY);
+        own = bfd >= 0;
+      }
+      if (bfd >= 0) {
+        int id = session_->backing_open(bfd);
+        if (own) close(bfd);  // the kernel keeps its own reference
+        if (id > 0) {
+          in->backing_id = id;
+          in->backing_writable = want_write;
+          in->backing_real = real;
+        }
+      }
+    }
+    if (in->backing_id) {
+      fi->backing_id = in->backing_id;
+      if (!(in->backing_real == real) || (want_write && !in->backing_writable)) {
+        fi->direct_io = 1;
+        fi->parallel_direct_writes = 1;
+        h->kind = FileHandle::Direct;
+        stats_->opens_direct.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        h->kind = FileHandle::Passthrough;
+      }
+      in->npassthrough++;
+      stats_->opens_passthrough.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
+  }
+  if (in->npassthrough > 0) {
+    // Cannot happen while the counts mirror the kernel's; refuse rather than break the inode.
+    delete h;
+    fi->fh = 0;
+    return EBUSY;
+  }
+  in->ncached++;
+  h->kind = FileHandle::Cached;
+  fi->keep_cache = keep_cache_;  // AUTO_INVAL_DATA drops it when mtime/size change
+  stats_->opens_cached.fetch_add(1, std::memory_order_relaxed);
+  return 0;
+}
+
+void OpenFiles::detach(Inode* in, FileHandle* h) {
+  {
+    std::lock_guard<std::mutex> g(in->m);
+    int backing = 0;
+    if (h->kind == FileHandle::Cached) {
+      in->ncached--;
+    } else if (--in->npassthrough == 0 && in->backing_id) {
+      backing = in->backing_id;
+      in->backing_id = 0;
+      in->backing_writable = false;
+    }
+    if (in->ncached == 0 && in->npassthrough == 0) FileLocks::release_all_locked(in);
+    // Closed under the lock: a racing open must not register a new backing file first.
+    if (backing) session_->backing_close(backing);
+  }
+  close(h->fd);
+  delete h;
+}
+
+}  // namespace fusekit

@@ -1,0 +1,53 @@
+// Opens of regular files and the kernel's passthrough rules, shared by every filesystem.
+//
+// The kernel allows one backing file per FUSE inode, shared by all its passthrough opens, and
+// refuses to mix passthrough opens with page-cache opens of the same inode. So the first open of
+// an inode decides: it registers a backing file (plain read-only, or read-write when it writes),
+// and later opens reuse it. A later open the backing file cannot serve (a writer on a read-only
+// backing file, or any open after the inode's real file changed, e.g. by an overlay copy-up)
+// still carries the backing id, as the kernel demands, but with FOPEN_DIRECT_IO its reads and
+// writes come to the daemon, which serves them from the open's own descriptor.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include "inode_store.h"
+#include "session.h"
+
+namespace fusekit {
+
+// One FUSE open of a regular file.
+struct FileHandle {
+  enum Kind : uint8_t { Cached, Passthrough, Direct };
+  int fd = -1;
+  Kind kind = Cached;
+};
+
+inline FileHandle* file_handle(fuse_file_info* fi) {
+  return reinterpret_cast<FileHandle*>(fi->fh);
+}
+
+class OpenFiles {
+ public:
+  void init(Session* session, bool passthrough, double attr_timeout) {
+    session_ = session;
+    stats_ = &session->stats();
+    passthrough_ = passthrough;
+    keep_cache_ = attr_timeout > 0;
+  }
+
+  // Takes ownership of fd (the open's own descriptor, opened with flags) and fills fi.
+  // real_path_fd/real: the O_PATH descriptor and identity of the file fd refers to.
+  int attach(Inode* in, int real_path_fd, const InodeKey& real, int fd, int flags,
+             fuse_file_info* fi);
+  // Closes the handle; the last passthrough open releases the backing file.
+  void detach(Inode* in, FileHandle* h);
+
+ private:
+  Session* session_ = nullptr;
+  Stats* stats_ = nullptr;
+  bool passthrough_ = false;
+  bool keep_cache_ = false;
+};
+
+}  // namespace fusekit

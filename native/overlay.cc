@@ -1,0 +1,764 @@
+// Overlay set-up, merged lookup, attributes, extended attributes and file I/O.
+// Namespace changes are in overlay_ns.cc, copy-up in overlay_copyup.cc, directories in
+// overlay_dir.cc.
+#include "overlay.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "overlay_xattr.h"
+#include "sys.h"
+
+namespace fusekit {
+
+RealState::~RealState() {
+  if (fd >= 0) close(fd);
+  for (auto& d : lowers) close(d.fd);
+}
+
+OvInode::~OvInode() {
+  if (parent && store) store->unref(parent, 1);
+}
+
+OverlayFs::Found::~Found() {
+  if (fd >= 0) close(fd);
+  for (auto& d : lowers) close(d.fd);
+}
+
+OverlayFs::~OverlayFs() {
+  for (auto& l : layers_) close(l.fd);
+  if (tmp_fd_ >= 0) close(tmp_fd_);
+  if (index_fd_ >= 0) close(index_fd_);
+  if (work_fd_ >= 0) close(work_fd_);  // releases the work dir lock
+}
+
+namespace {
+
+bool is_dot_or_dotdot(const char* n) {
+  return n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0));
+}
+
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  return realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// a == b, or a inside b
+bool within(const std::string& a, const std::string& b) {
+  return a == b || (a.size() > b.size() && a.compare(0, b.size(), b) == 0 &&
+                    (b == "/" || a[b.size()] == '/'));
+}
+
+// Lower layers are opened as private clones (confined, immune to later mounts). The upper layer is
+// opened as it is: renames and links between it and the work dir need one mount.
+int open_layer(const std::string& path, const char* what, bool clone, Layer* l, Error* err) {
+  int probe = ::open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (probe < 0) {
+    int e = errno;
+    const char* why = e == ENOENT    ? "does not exist"
+                      : e == ENOTDIR ? "is not a directory"
+                                     : strerror(e);
+    *err = {e, std::string(what) + " " + path + " " + why};
+    return -1;
+  }
+  int fd = clone ? sys::open_private_tree(path.c_str()) : -1;
+  if (fd >= 0)
+    close(probe);
+  else
+    fd = probe;
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    *err = {e, std::string("cannot stat ") + what + " " + path};
+    return -1;
+  }
+  l->path = path;
+  l->fd = fd;
+  l->dev = st.st_dev;
+  l->has_uuid = sys::fs_uuid(fd, l->uuid);
+  return 0;
+}
+
+}  // namespace
+
+std::unique_ptr<OverlayFs> OverlayFs::create(const MountConfig& cfg, Error* err) {
+  const OverlayConfig& oc = cfg.overlay;
+  if (oc.lower.empty()) {
+    *err = {EINVAL, "an overlay needs at least one lower layer"};
+    return nullptr;
+  }
+  if (oc.upper.empty() != oc.work.empty()) {
+    *err = {EINVAL, "an overlay needs both an upper and a work dir, or neither (read-only)"};
+    return nullptr;
+  }
+  std::unique_ptr<OverlayFs> fs(new OverlayFs(cfg));
+  fs->has_upper_ = !oc.upper.empty();
+  // Layers may not contain one another (the kernel refuses overlapping layers, and a copy-up
+  // would change a lower layer).
+  std::vector<std::pair<std::string, std::string>> named;
+  if (fs->has_upper_) {
+    named.emplace_back("upper dir", real_path(oc.upper));
+    named.emplace_back("work dir", real_path(oc.work));
+  }
+  for (auto& l : oc.lower) named.emplace_back("lower layer", real_path(l));
+  for (size_t i = 0; i < named.size(); i++) {
+    for (size_t j = 0; j < named.size(); j++) {
+      if (i == j || (i >= 2 && j >= 2) || (!fs->has_upper_)) continue;
+      if (within(named[i].second, named[j].second)) {
+        *err = {EINVAL, named[i].first + " " + named[i].second + " lies inside " +
+                            named[j].first + " " + named[j].second};
+        return nullptr;
+      }
+    }
+  }
+  if (fs->has_upper_) {
+    Layer u;
+    if (open_layer(oc.upper, "upper dir", false, &u, err) != 0) return nullptr;
+    u.upper = true;
+    fs->layers_.push_back(u);
+  }
+  for (auto& p : oc.lower) {
+    Layer l;
+    if (open_layer(p, "lower layer", true, &l, err) != 0) return nullptr;
+    fs->layers_.push_back(l);
+  }
+  if (fs->has_upper_) {
+    int wfd = ::open(oc.work.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (wfd < 0) {
+      int e = errno;
+      *err = {e, "work dir " + oc.work + " " + (e == ENOENT ? "does not exist" : strerror(e))};
+      return nullptr;
+    }
+    fs->work_fd_ = wfd;
+    struct statx ux, wx;
+    if (::statx(fs->layers_[0].fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &ux) != 0 ||
+        ::statx(wfd, "", AT_EMPTY_PATH, STATX_MNT_ID, &wx) != 0 ||
+        ux.stx_dev_major != wx.stx_dev_major || ux.stx_dev_minor != wx.stx_dev_minor ||
+        ux.stx_mnt_id != wx.stx_mnt_id) {
+      *err = {EXDEV, "upper dir " + oc.upper + " and work dir " + oc.work +
+                         " must be on the same filesystem and mount"};
+      return nullptr;
+    }
+    if (::flock(wfd, LOCK_EX | LOCK_NB) != 0) {
+      *err = {EBUSY, "work dir " + oc.work + " is in use by another mount"};
+      return nullptr;
+    }
+    // Only what an overlay itself keeps there (ours or the kernel's) may be in the work dir.
+    int dup = openat(wfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (DIR* d = fdopendir(dup)) {
+      while (struct dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n == "." || n == ".." || n == "work" || n == "index") continue;
+        closedir(d);
+        *err = {ENOTEMPTY, "work dir " + oc.work + " is not empty (it holds " + n + ")"};
+        return nullptr;
+      }
+      closedir(d);
+    }
+    for (const char* sub : {"work", "index"}) {
+      if (mkdirat(wfd, sub, 0700) != 0 && errno != EEXIST) {
+        int e = errno;
+        *err = {e, "cannot create " + oc.work + "/" + sub + ": " + strerror(e)};
+        return nullptr;
+      }
+    }
+    fs->tmp_fd_ = openat(wfd, "work", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    fs->index_fd_ = openat(wfd, "index", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fs->tmp_fd_ < 0 || fs->index_fd_ < 0) {
+      *err = {errno, "cannot open the work dir's work/ and index/"};
+      return nullptr;
+    }
+    // Leftovers of an interrupted copy-up are never visible; clear them.
+    sys::remove_contents(fs->tmp_fd_);
+  }
+
+  // The root merges every layer's root.
+  auto rs = std::make_shared<RealState>();
+  const Layer& top = fs->layers_[0];
+  rs->fd = fcntl(top.fd, F_DUPFD_CLOEXEC, 0);
+  rs->layer = 0;
+  rs->in_upper = fs->has_upper_;
+  struct stat st;
+  fstat(top.fd, &st);
+  rs->real = {static_cast<uint64_t>(st.st_dev), st.st_ino};
+  DirXattrs tx = read_dir_xattrs(top.fd);
+  rs->xwhiteouts = tx.opaque == 'x';
+  rs->impure = tx.impure;
+  for (size_t i = 1; i < fs->layers_.size(); i++) {
+    DirXattrs x = read_dir_xattrs(fs->layers_[i].fd);
+    rs->lowers.push_back(
+        {static_cast<int>(i), fcntl(fs->layers_[i].fd, F_DUPFD_CLOEXEC, 0), x.opaque == 'x'});
+  }
+  auto* root = new OvInode;
+  root->type = S_IFDIR;
+  root->key = rs->real;
+  root->store = &fs->store_;
+  root->set_state(std::move(rs));
+  fs->store_.set_root(root);
+  fs->ino_map_ = std::make_unique<InoMap>(top.dev);
+  return fs;
+}
+
+void OverlayFs::init(Session* session, fuse_conn_info* conn) {
+  session_ = session;
+  stats_ = &session->stats();
+  passthrough_ = session->passthrough();
+  files_.init(session, passthrough_, cfg_.attr_timeout);
+  fuse_set_feature_flag(conn, FUSE_CAP_PARALLEL_DIROPS);
+  fuse_set_feature_flag(conn, FUSE_CAP_HANDLE_KILLPRIV_V2);
+  fuse_set_feature_flag(conn, FUSE_CAP_DONT_MASK);
+  fuse_set_feature_flag(conn, FUSE_CAP_POSIX_ACL);
+  fuse_set_feature_flag(conn, FUSE_CAP_CACHE_SYMLINKS);
+  fuse_set_feature_flag(conn, FUSE_CAP_DIRECT_IO_ALLOW_MMAP);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_READ);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_WRITE);
+  fuse_set_feature_flag(conn, FUSE_CAP_SPLICE_MOVE);
+  fuse_unset_feature_flag(conn, FUSE_CAP_WRITEBACK_CACHE);
+  // Node ids of copied-up inodes stay valid, but the overlay answers no NFS "." / ".." lookups.
+  fuse_set_feature_flag(conn, FUSE_CAP_NO_EXPORT_SUPPORT);
+  conn->max_write = 1 << 20;
+  conn->time_gran = 1;
+  conn->no_interrupt = 0;
+}
+
+void OverlayFs::destroy() { locks_.shutdown(); }
+
+// ---- merged lookup
+
+int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
+  struct Src {
+    int layer;
+    int fd;
+    bool xw;
+  };
+  std::vector<Src> srcs;
+  srcs.reserve(1 + dir.lowers.size());
+  srcs.push_back({dir.layer, dir.fd, dir.xwhiteouts});
+  if (!dir.opaque) {
+    for (auto& d : dir.lowers) srcs.push_back({d.layer, d.fd, d.xwhiteouts});
+  }
+  const bool oci = cfg_.overlay.oci_whiteouts;
+  const std::string lower_path = dir.lower_path + "/" + name;
+  f->lower_path = lower_path;
+  for (size_t i = 0; i < srcs.size(); i++) {
+    const Src& s = srcs[i];
+    struct stat st;
+    if (fstatat(s.fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno != ENOENT) return errno;
+      if (oci && oci_whiteout(s.fd, name)) break;
+      continue;
+    }
+    if (is_whiteout(st, s.fd, name, s.xw)) break;
+    if (!f->exists) {
+      int fd = openat(s.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) {
+        if (errno == ENOENT) continue;  // removed meanwhile
+        return errno;
+      }
+      fstat(fd, &st);
+      f->exists = true;
+      f->st = st;
+      f->layer = s.layer;
+      f->fd = fd;
+      if (!S_ISDIR(st.st_mode)) {
+        if (has_upper_ && s.layer == 0) get_xattr_string(fd, kOvlOrigin, &f->origin);
+        break;
+      }
+      DirXattrs x = read_dir_xattrs(fd);
+      f->xwhiteouts = x.opaque == 'x';
+      f->opaque = x.opaque == 'y' || (oci && oci_opaque(fd));
+      f->impure = x.impure;
+      f->origin = std::move(x.origin);
+      f->redirect = std::move(x.redirect);
+      if (f->opaque) break;
+      if (!f->redirect.empty() && cfg_.overlay.redirect_dir) {
+        // The lower parts of a renamed directory live where the redirect says.
+        std::string target = f->redirect[0] == '/' ? f->redirect : dir.lower_path + "/" + f->redirect;
+        f->lower_path = target;
+        for (size_t j = s.layer + 1; j < layers_.size(); j++) {
+          int cur = fcntl(layers_[j].fd, F_DUPFD_CLOEXEC, 0);
+          size_t pos = 1;
+          bool ok = cur >= 0;
+          while (ok && pos < target.size()) {
+            size_t next = target.find('/', pos);
+            std::string comp = target.substr(pos, next == std::string::npos ? std::string::npos
+                                                                             : next - pos);
+            pos = next == std::string::npos ? target.size() : next + 1;
+            if (comp.empty()) continue;
+            int nfd = openat(cur, comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            close(cur);
+            cur = nfd;
+            ok = nfd >= 0;
+          }
+          if (!ok) continue;
+          DirXattrs lx = read_dir_xattrs(cur);
+          f->lowers.push_back({static_cast<int>(j), cur, lx.opaque == 'x'});
+          if (lx.opaque == 'y' || (oci && oci_opaque(cur))) break;
+        }
+        break;
+      }
+    } else {
+      if (!S_ISDIR(st.st_mode)) break;  // a non-directory below a directory ends the merge
+      int fd = openat(s.fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) break;
+      DirXattrs x = read_dir_xattrs(fd);
+      f->lowers.push_back({s.layer, fd, x.opaque == 'x'});
+      if (x.opaque == 'y' || (oci && oci_opaque(fd))) break;
+    }
+  }
+  if (!f->exists) return 0;
+  // A lower hard link already copied up lives in work/index: use that copy, so every name of the
+  // inode shows the same data and metadata.
+  if (has_upper_ && f->layer != 0 && !S_ISDIR(f->st.st_mode) && f->st.st_nlink > 1) {
+    std::string idx = index_name(f->fd, f->layer);
+    if (!idx.empty()) {
+      int ifd = openat(index_fd_, idx.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      if (ifd >= 0) {
+        struct stat ist;
+        if (fstat(ifd, &ist) == 0) {
+          close(f->fd);
+          f->fd = ifd;
+          f->st.st_mode = ist.st_mode;
+          f->from_index = true;
+          f->nlink_diff = read_nlink_diff(ifd);
+        } else {
+          close(ifd);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+InodeKey OverlayFs::key_for(const Found& f) {
+  InodeKey k;
+  if (!f.origin.empty() && decode_origin(f.origin, &k, nullptr)) return k;
+  return {static_cast<uint64_t>(f.st.st_dev), f.st.st_ino};
+}
+
+OvInode* OverlayFs::find_inode(const InodeKey& key) {
+  return static_cast<OvInode*>(store_.ref(key));
+}
+
+int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, OvInode** out) {
+  auto ds = dir->state();
+  Found f;
+  if (int err = resolve(*ds, name, &f)) return err;
+  if (!f.exists) return ENOENT;
+  InodeKey key = key_for(f);
+  auto rs = std::make_shared<RealState>();
+  rs->layer = f.from_index ? 0 : f.layer;
+  rs->in_upper = has_upper_ && f.layer == 0;
+  rs->xwhiteouts = f.xwhiteouts;
+  rs->opaque = f.opaque;
+  rs->impure = f.impure;
+  rs->lower_path = f.lower_path;
+  struct stat rst;
+  fstat(f.fd, &rst);
+  rs->real = {static_cast<uint64_t>(rst.st_dev), rst.st_ino};
+  rs->fd = f.fd;
+  f.fd = -1;
+  rs->lowers = std::move(f.lowers);
+  f.lowers.clear();
+
+  store_.ref(dir->key);  // the child's reference on its parent, dropped if the child existed
+  bool created = false;
+  OvInode* in;
+  try {
+    in = static_cast<OvInode*>(store_.ref_or_insert(
+        key,
+        [&] {
+          auto* n = new OvInode;
+          n->type = f.st.st_mode & S_IFMT;
+          n->store = &store_;
+          n->parent = dir;
+          n->name = name;
+          n->indexed = f.from_index;
+          n->nlink_diff = f.nlink_diff;
+          n->set_state(rs);
+          return n;
+        },
+        &created));
+  } catch (const std::bad_alloc&) {
+    store_.unref(dir, 1);
+    return ENOMEM;
+  }
+  if (!created) {
+    store_.unref(dir, 1);
+    auto cur = in->state();
+    // Only ever move an inode up the layers: a lookup racing a copy-up may have seen the lower
+    // object, and must not undo the copy-up.
+    if (rs->layer < cur->layer || (rs->in_upper && !cur->in_upper) ||
+        (rs->layer == cur->layer && !(rs->real == cur->real) && !in->indexed)) {
+      std::lock_guard<std::mutex> g(in->copy_m);
+      cur = in->state();
+      if (rs->layer < cur->layer || (rs->in_upper && !cur->in_upper)) {
+        in->set_state(rs);
+        if (f.from_index) {
+          in->indexed = true;
+          in->nlink_diff = f.nlink_diff;
+        }
+      }
+    }
+    std::lock_guard<std::mutex> g(names_m_);
+    in->removed = false;
+  }
+  e->ino = in->nodeid;
+  e->generation = in->generation;
+  if (int err = fill_attr(in, *in->state(), &e->attr)) {
+    store_.unref(in, 1);
+    return err;
+  }
+  e->attr_timeout = cfg_.attr_timeout;
+  e->entry_timeout = cfg_.entry_timeout;
+  if (out) *out = in;
+  return 0;
+}
+
+int OverlayFs::fill_attr(OvInode* in, const RealState& s, struct stat* st) {
+  if (fstatat(s.fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  st->st_ino = ino_map_->map(static_cast<dev_t>(in->key.dev), in->key.ino);
+  if (S_ISDIR(st->st_mode)) {
+    if (!s.lowers.empty()) st->st_nlink = merged_dir_nlink(in, s);
+  } else if (in->indexed) {
+    int64_t n = static_cast<int64_t>(st->st_nlink) + in->nlink_diff.load();
+    st->st_nlink = n > 0 ? static_cast<nlink_t>(n) : 0;
+  } else if (in->removed) {
+    st->st_nlink = 0;
+  }
+  return 0;
+}
+
+int OverlayFs::merged_dir_nlink(OvInode* in, const RealState& s) {
+  int64_t cached = in->dir_nlink.load();
+  if (cached >= 0) return static_cast<int>(cached);
+  std::vector<Entry> entries;
+  if (list_merged(s, &entries) != 0) return 2;
+  int64_t n = 2;
+  for (auto& e : entries)
+    if (e.type == DT_DIR) n++;
+  in->dir_nlink.store(n);
+  return static_cast<int>(n);
+}
+
+int OverlayFs::lookup(Request&, fuse_ino_t parent, const char* name, fuse_entry_param* e) {
+  OvInode* dir = inode(parent);
+  if (is_dot_or_dotdot(name)) {
+    OvInode* target = dir;
+    if (name[1] == '.') {
+      std::lock_guard<std::mutex> g(names_m_);
+      if (dir->parent) target = dir->parent;
+    }
+    store_.ref(target->key);
+    e->ino = target->nodeid;
+    e->generation = target->generation;
+    e->attr_timeout = cfg_.attr_timeout;
+    e->entry_timeout = cfg_.entry_timeout;
+    if (int err = fill_attr(target, *target->state(), &e->attr)) {
+      store_.unref(target, 1);
+      return err;
+    }
+    return 0;
+  }
+  return do_lookup(dir, name, e);
+}
+
+void OverlayFs::forget(fuse_ino_t ino, uint64_t nlookup) {
+  if (Inode* in = store_.get(ino)) store_.unref(in, nlookup);
+}
+
+int OverlayFs::getattr(Request&, fuse_ino_t ino, fuse_file_info*, struct stat* st,
+                       double* timeout) {
+  OvInode* in = inode(ino);
+  if (int err = fill_attr(in, *in->state(), st)) return err;
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set,
+                       fuse_file_info* fi, struct stat* out, double* timeout) {
+  OvInode* in = inode(ino);
+  if (!has_upper_) return EROFS;
+  FileHandle* h = fi ? file_handle(fi) : nullptr;
+  // Truncating to zero needs no data from below.
+  bool data = !((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size == 0);
+  if (int err = copy_up(in, data)) return err;
+  auto s = in->state();
+  // A handle opened before the copy-up still refers to the lower file: act on the upper one.
+  int hfd = (h && h->kind != FileHandle::Passthrough) ? h->fd : -1;
+  if (hfd >= 0) {
+    struct stat hst;
+    if (fstat(hfd, &hst) != 0 || !(InodeKey{static_cast<uint64_t>(hst.st_dev), hst.st_ino} ==
+                                   s->real))
+      hfd = -1;
+  }
+  if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    if (fchownat(s->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  }
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    if (sys::fchmod_path(s->fd, attr->st_mode & 07777, S_ISLNK(in->type)) != 0) return errno;
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (!S_ISREG(in->type)) return S_ISDIR(in->type) ? EISDIR : EINVAL;
+    int r = hfd >= 0 ? ftruncate(hfd, attr->st_size) : sys::truncate_fd(s->fd, attr->st_size);
+    if (r != 0) return errno;
+  }
+  if ((to_set & FUSE_SET_ATTR_KILL_SUID) && !(to_set & FUSE_SET_ATTR_MODE) && S_ISREG(in->type)) {
+    struct stat cur;
+    if (fstatat(s->fd, "", &cur, AT_EMPTY_PATH) == 0 && (cur.st_mode & (S_ISUID | S_ISGID))) {
+      mode_t m = cur.st_mode & ~S_ISUID;
+      if (cur.st_mode & S_IXGRP) m &= ~S_ISGID;
+      sys::fchmod_path(s->fd, m & 07777, false);
+    }
+  }
+  if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    struct timespec tv[2];
+    tv[0].tv_sec = tv[1].tv_sec = 0;
+    tv[0].tv_nsec = tv[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+      tv[0].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_ATIME)
+      tv[0] = attr->st_atim;
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+      tv[1].tv_nsec = UTIME_NOW;
+    else if (to_set & FUSE_SET_ATTR_MTIME)
+      tv[1] = attr->st_mtim;
+    if (utimensat(s->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  }
+  if (int err = fill_attr(in, *s, out)) return err;
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+int OverlayFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
+  auto s = inode(ino)->state();
+  char buf[PATH_MAX + 1];
+  ssize_t n = readlinkat(s->fd, "", buf, sizeof buf);
+  if (n < 0) return errno;
+  if (static_cast<size_t>(n) >= sizeof buf) return ENAMETOOLONG;
+  target->assign(buf, static_cast<size_t>(n));
+  return 0;
+}
+
+// ---- files
+
+int OverlayFs::open(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  OvInode* in = inode(ino);
+  int acc = fi->flags & O_ACCMODE;
+  bool writes = acc != O_RDONLY || (fi->flags & O_TRUNC);
+  if (writes) {
+    if (!has_upper_) return EROFS;
+    if (int err = copy_up(in, !(fi->flags & O_TRUNC))) return err;
+  }
+  auto s = in->state();
+  int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
+  int fd = -1;
+  if (acc == O_WRONLY) fd = sys::reopen(s->fd, (flags & ~O_ACCMODE) | O_RDWR);
+  if (fd < 0) fd = sys::reopen(s->fd, flags);
+  if (fd < 0) return errno;
+  if (fi->kill_suidgid && (flags & O_TRUNC)) {
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID))) {
+      mode_t m = st.st_mode & ~S_ISUID;
+      if (st.st_mode & S_IXGRP) m &= ~S_ISGID;
+      fchmod(fd, m & 07777);
+    }
+  }
+  int err = files_.attach(in, s->fd, s->real, fd, flags, fi);
+  if (err) close(fd);
+  return err;
+}
+
+void OverlayFs::abandon_open(fuse_ino_t ino, fuse_file_info* fi) {
+  if (FileHandle* h = file_handle(fi)) files_.detach(inode(ino), h);
+}
+
+int OverlayFs::read(Request&, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi,
+                    ReadReply* out) {
+  FileHandle* h = file_handle(fi);
+  out->fd = h->fd;
+  out->pos = off;
+  out->size = size;
+  struct stat st;
+  if (fstat(h->fd, &st) == 0 && off < st.st_size) {
+    uint64_t n = std::min<uint64_t>(size, static_cast<uint64_t>(st.st_size - off));
+    stats_->bytes_read.fetch_add(n, std::memory_order_relaxed);
+  }
+  return 0;
+}
+
+int OverlayFs::write_buf(Request&, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_file_info* fi,
+                         size_t* written) {
+  FileHandle* h = file_handle(fi);
+  fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+  dst.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  dst.buf[0].fd = h->fd;
+  dst.buf[0].pos = off;
+  ssize_t n = fuse_buf_copy(&dst, in, FUSE_BUF_SPLICE_NONBLOCK);
+  if (n < 0) return static_cast<int>(-n);
+  if (fi->kill_suidgid) {
+    struct stat st;
+    if (fstat(h->fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID))) {
+      mode_t m = st.st_mode & ~S_ISUID;
+      if (st.st_mode & S_IXGRP) m &= ~S_ISGID;
+      fchmod(h->fd, m & 07777);
+    }
+  }
+  *written = static_cast<size_t>(n);
+  stats_->bytes_written.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+  return 0;
+}
+
+int OverlayFs::flush(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  locks_.release_owner(inode(ino), fi->lock_owner);
+  int d = dup(file_handle(fi)->fd);
+  if (d < 0) return errno;
+  return close(d) == 0 ? 0 : errno;
+}
+
+int OverlayFs::release(Request&, fuse_ino_t ino, fuse_file_info* fi) {
+  files_.detach(inode(ino), file_handle(fi));
+  return 0;
+}
+
+int OverlayFs::fsync(Request&, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = file_handle(fi)->fd;
+  return (datasync ? fdatasync(fd) : ::fsync(fd)) == 0 ? 0 : errno;
+}
+
+int OverlayFs::statfs(Request&, fuse_ino_t, struct statvfs* out) {
+  return fstatvfs(layers_[0].fd, out) == 0 ? 0 : errno;
+}
+
+// ---- extended attributes: the overlay's own (trusted.overlay.*) are not part of the view
+
+int OverlayFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                        int flags) {
+  if (is_overlay_xattr(name)) return EPERM;
+  if (!has_upper_) return EROFS;
+  OvInode* in = inode(ino);
+  if (int err = copy_up(in)) return err;
+  return sys::setxattr_fd(in->state()->fd, name, value, size, flags) == 0 ? 0 : errno;
+}
+
+int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
+                        std::string* value, size_t* len) {
+  if (is_overlay_xattr(name)) return ENODATA;
+  auto s = inode(ino)->state();
+  value->resize(size);
+  ssize_t n = sys::getxattr_fd(s->fd, name, size ? value->data() : nullptr, size);
+  if (n < 0) return errno;
+  *len = static_cast<size_t>(n);
+  return 0;
+}
+
+int OverlayFs::listxattr(Request&, fuse_ino_t ino, size_t size, std::string* list, size_t* len) {
+  auto s = inode(ino)->state();
+  std::string all;
+  if (int err = list_xattrs(s->fd, &all)) return err;
+  std::string visible;
+  for (size_t p = 0; p < all.size();) {
+    size_t e = all.find('\0', p);
+    if (e == std::string::npos) break;
+    std::string n = all.substr(p, e - p);
+    if (!is_overlay_xattr(n.c_str())) visible.append(n).push_back('\0');
+    p = e + 1;
+  }
+  *len = visible.size();
+  if (size == 0) return 0;
+  if (visible.size() > size) return ERANGE;
+  *list = std::move(visible);
+  return 0;
+}
+
+int OverlayFs::removexattr(Request&, fuse_ino_t ino, const char* name) {
+  if (is_overlay_xattr(name)) return EPERM;
+  if (!has_upper_) return EROFS;
+  OvInode* in = inode(ino);
+  if (int err = copy_up(in)) return err;
+  return sys::removexattr_fd(in->state()->fd, name) == 0 ? 0 : errno;
+}
+
+int OverlayFs::access(Request& r, fuse_ino_t ino, int mask) {
+  struct stat st;
+  if (fstatat(inode(ino)->state()->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
+    return errno;
+  if (mask == F_OK) return 0;
+  if ((mask & W_OK) && !has_upper_) return EROFS;
+  if (r.uid == 0) return (mask & X_OK) && !S_ISDIR(st.st_mode) && !(st.st_mode & 0111) ? EACCES : 0;
+  mode_t bits = st.st_uid == r.uid   ? (st.st_mode >> 6)
+                : st.st_gid == r.gid ? (st.st_mode >> 3)
+                                     : st.st_mode;
+  if (((mask & R_OK) && !(bits & 4)) || ((mask & W_OK) && !(bits & 2)) ||
+      ((mask & X_OK) && !(bits & 1)))
+    return EACCES;
+  return 0;
+}
+
+// ---- locks and the rest of file I/O act on the open's own descriptor
+
+int OverlayFs::getlk(Request&, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  OvInode* in = inode(ino);
+  return locks_.getlk(in, in->state()->fd, fi->lock_owner, lock);
+}
+
+int OverlayFs::setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+                     int sleep) {
+  OvInode* in = inode(ino);
+  return locks_.setlk(r.req, in, in->state()->fd, fi->lock_owner, lock, sleep != 0);
+}
+
+int OverlayFs::flock(Request& r, fuse_ino_t, fuse_file_info* fi, int op) {
+  return locks_.flock(r.req, file_handle(fi)->fd, op);
+}
+
+int OverlayFs::fallocate(Request&, fuse_ino_t, int mode, off_t offset, off_t length,
+                         fuse_file_info* fi) {
+  return ::fallocate(file_handle(fi)->fd, mode, offset, length) == 0 ? 0 : errno;
+}
+
+int OverlayFs::copy_file_range(Request&, fuse_ino_t, off_t off_in, fuse_file_info* fi_in,
+                               fuse_ino_t, off_t off_out, fuse_file_info* fi_out, size_t len,
+                               int flags, size_t* copied) {
+  loff_t a = off_in, b = off_out;
+  ssize_t n = ::copy_file_range(file_handle(fi_in)->fd, &a, file_handle(fi_out)->fd, &b, len,
+                                static_cast<unsigned>(flags));
+  if (n < 0) return errno;
+  *copied = static_cast<size_t>(n);
+  return 0;
+}
+
+int OverlayFs::lseek(Request&, fuse_ino_t, off_t off, int whence, fuse_file_info* fi, off_t* out) {
+  off_t r = ::lseek(file_handle(fi)->fd, off, whence);
+  if (r < 0) return errno;
+  *out = r;
+  return 0;
+}
+
+int OverlayFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_file_info*,
+                     struct statx* out, double* timeout) {
+  OvInode* in = inode(ino);
+  auto s = in->state();
+  if (::statx(s->fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (flags & AT_STATX_SYNC_TYPE),
+              static_cast<unsigned>(mask), out) != 0)
+    return errno;
+  out->stx_ino = ino_map_->map(static_cast<dev_t>(in->key.dev), in->key.ino);
+  struct stat st;
+  if (fill_attr(in, *s, &st) == 0) out->stx_nlink = static_cast<uint32_t>(st.st_nlink);
+  *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+}  // namespace fusekit

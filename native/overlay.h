@@ -1,0 +1,256 @@
+// Overlay: one upper and N lower layers merged the way kernel overlayfs merges them, in the
+// kernel's on-disk format, so layers move freely between fusekit, kernel overlayfs and podman.
+//
+//  - Lookup goes top-down; a directory present in several layers is merged; an opaque directory
+//    (trusted.overlay.opaque "y") stops the merge; a whiteout (character device 0/0, or an xattr
+//    whiteout in an "x" directory, or with ociWhiteouts an OCI ".wh.<name>" file) hides the name.
+//  - Any change to a lower object first copies it up, atomically: it is built in the work dir
+//    (O_TMPFILE where possible) with data (FICLONE, else sparse copy_file_range), owner, mode,
+//    times and xattrs, gets trusted.overlay.origin, and is then linked/renamed into place.
+//  - Inode numbers follow the origin, so a file keeps st_ino across copy-up and rename, also
+//    across remounts. Lower hard links are copied up through work/index (like index=on), so all
+//    names keep sharing one inode, and trusted.overlay.nlink keeps the merged link count.
+//  - Renaming a directory that has lower parts records trusted.overlay.redirect.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "creds.h"
+#include "filesystem.h"
+#include "ino_map.h"
+#include "inode_store.h"
+#include "locks.h"
+#include "open_files.h"
+#include "session.h"
+
+namespace fusekit {
+
+struct Layer {
+  std::string path;
+  int fd = -1;  // O_PATH root (a private detached clone when privileged)
+  dev_t dev = 0;
+  bool upper = false;
+  uint8_t uuid[16]{};
+  bool has_uuid = false;
+};
+
+// One layer's directory taking part in a merged directory.
+struct RealDir {
+  int layer = 0;
+  int fd = -1;              // O_PATH, owned by the RealState
+  bool xwhiteouts = false;  // trusted.overlay.opaque "x": may hold xattr whiteouts
+};
+
+// What one merged object is made of. Immutable once published: copy-up and rename publish a new
+// one, and readers keep the old one (and its descriptors) alive for as long as they use it.
+struct RealState {
+  RealState() = default;
+  RealState(const RealState&) = delete;
+  RealState& operator=(const RealState&) = delete;
+  ~RealState();
+
+  int fd = -1;        // the topmost real object, O_PATH, owned
+  int layer = 0;      // its layer (0 is the upper layer when there is one)
+  InodeKey real{};    // its (st_dev, st_ino)
+  bool in_upper = false;  // present in the upper namespace under its own name
+  // Directories only:
+  bool xwhiteouts = false;       // top directory may hold xattr whiteouts
+  bool opaque = false;           // the top directory stops the merge
+  bool impure = false;           // upper directory that holds copied-up entries
+  std::vector<RealDir> lowers;   // directories merged below the top one, top first
+  std::string lower_path;        // where the lower parts live, from the root ("/a/b")
+};
+
+struct OvInode : Inode {
+  ~OvInode() override;
+
+  std::shared_ptr<const RealState> state() const {
+    std::lock_guard<std::mutex> g(state_m);
+    return state_;
+  }
+  void set_state(std::shared_ptr<const RealState> s) {
+    std::lock_guard<std::mutex> g(state_m);
+    state_ = std::move(s);
+  }
+
+  mutable std::mutex state_m;
+  std::shared_ptr<const RealState> state_;
+
+  InodeStore* store = nullptr;
+  // Position in the merged namespace, for copy-up (guarded by OverlayFs::names_m_). The parent
+  // carries a lookup reference taken by this inode.
+  OvInode* parent = nullptr;
+  std::string name;
+
+  std::mutex copy_m;  // serialises copy-up of this object
+
+  // Link counts the real object does not give directly.
+  std::atomic<int64_t> dir_nlink{-1};  // merged directory: cached count, -1 when unknown
+  std::atomic<bool> indexed{false};    // hard link copied up through work/index
+  std::atomic<int> nlink_diff{0};      // indexed: merged nlink = real nlink + diff
+  std::atomic<bool> removed{false};    // unlinked while still known to the kernel
+  std::atomic<bool> impure{false};     // trusted.overlay.impure set on the upper directory
+};
+
+class OverlayFs : public Filesystem {
+ public:
+  static std::unique_ptr<OverlayFs> create(const MountConfig& cfg, Error* err);
+  ~OverlayFs() override;
+
+  void init(Session* session, fuse_conn_info* conn) override;
+  void destroy() override;
+
+  int lookup(Request& r, fuse_ino_t parent, const char* name, fuse_entry_param* e) override;
+  void forget(fuse_ino_t ino, uint64_t nlookup) override;
+  int getattr(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct stat* st,
+              double* timeout) override;
+  int setattr(Request& r, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi,
+              struct stat* out, double* timeout) override;
+  int readlink(Request& r, fuse_ino_t ino, std::string* target) override;
+  int mknod(Request& r, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
+            fuse_entry_param* e) override;
+  int mkdir(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
+            fuse_entry_param* e) override;
+  int unlink(Request& r, fuse_ino_t parent, const char* name) override;
+  int rmdir(Request& r, fuse_ino_t parent, const char* name) override;
+  int symlink(Request& r, const char* link, fuse_ino_t parent, const char* name,
+              fuse_entry_param* e) override;
+  int rename(Request& r, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+             const char* newname, unsigned flags) override;
+  int link(Request& r, fuse_ino_t ino, fuse_ino_t newparent, const char* newname,
+           fuse_entry_param* e) override;
+  int open(Request& r, fuse_ino_t ino, fuse_file_info* fi) override;
+  int create(Request& r, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi,
+             fuse_entry_param* e) override;
+  int tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_info* fi,
+              fuse_entry_param* e) override;
+  void abandon_open(fuse_ino_t ino, fuse_file_info* fi) override;
+  int read(Request& r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+           ReadReply* out) override;
+  int write_buf(Request& r, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi,
+                size_t* written) override;
+  int flush(Request& r, fuse_ino_t ino, fuse_file_info* fi) override;
+  int release(Request& r, fuse_ino_t ino, fuse_file_info* fi) override;
+  int fsync(Request& r, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+  int opendir(Request& r, fuse_ino_t ino, fuse_file_info* fi) override;
+  int readdir(Request& r, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus,
+              DirFiller& out) override;
+  int releasedir(Request& r, fuse_ino_t ino, fuse_file_info* fi) override;
+  int fsyncdir(Request& r, fuse_ino_t ino, int datasync, fuse_file_info* fi) override;
+  int statfs(Request& r, fuse_ino_t ino, struct statvfs* out) override;
+  int setxattr(Request& r, fuse_ino_t ino, const char* name, const char* value, size_t size,
+               int flags) override;
+  int getxattr(Request& r, fuse_ino_t ino, const char* name, size_t size, std::string* value,
+               size_t* len) override;
+  int listxattr(Request& r, fuse_ino_t ino, size_t size, std::string* list, size_t* len) override;
+  int removexattr(Request& r, fuse_ino_t ino, const char* name) override;
+  int access(Request& r, fuse_ino_t ino, int mask) override;
+  int getlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
+  int setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
+            int sleep) override;
+  int flock(Request& r, fuse_ino_t ino, fuse_file_info* fi, int op) override;
+  int fallocate(Request& r, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                fuse_file_info* fi) override;
+  int copy_file_range(Request& r, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                      fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                      int flags, size_t* copied) override;
+  int lseek(Request& r, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi,
+            off_t* out) override;
+  int statx(Request& r, fuse_ino_t ino, int flags, int mask, fuse_file_info* fi, struct statx* out,
+            double* timeout) override;
+
+  size_t inode_count() const override { return store_.size(); }
+
+  // --- used by the overlay's own translation units (copy-up, directories)
+  // The merged lookup of one name under a directory.
+  struct Found;
+  int resolve(const RealState& dir, const char* name, Found* f);
+  // Every visible entry of a merged directory (whiteouts and duplicates removed).
+  struct Entry {
+    std::string name;
+    unsigned char type;  // DT_*
+    uint64_t ino;        // as getattr reports it
+  };
+  int list_merged(const RealState& dir, std::vector<Entry>* out, bool stop_at_first = false);
+
+ private:
+  explicit OverlayFs(const MountConfig& cfg) : cfg_(cfg) {}
+
+  OvInode* inode(fuse_ino_t ino) const { return static_cast<OvInode*>(store_.get(ino)); }
+  bool has_upper() const { return has_upper_; }
+  int upper_layer() const { return 0; }
+
+  int do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, OvInode** out = nullptr);
+  InodeKey key_for(const Found& f);
+  int fill_attr(OvInode* in, const RealState& s, struct stat* st);
+  int merged_dir_nlink(OvInode* in, const RealState& s);
+  void dirs_changed(OvInode* dir) { dir->dir_nlink.store(-1); }
+
+  // Copy-up (overlay_copyup.cc). data=false copies metadata only (open with O_TRUNC).
+  int copy_up(OvInode* in, bool data = true);
+  int copy_up_object(OvInode* in, OvInode* parent, const std::string& name, bool data);
+  int copy_meta(int src_path_fd, int dst_fd, int dst_dirfd, const char* dst_name,
+                const struct stat& st);
+  int copy_data(int src, int dst, const struct stat& st);
+  int set_origin(int src_path_fd, int layer, int dst_dirfd, const char* dst_name, int dst_fd);
+  bool decode_origin(const std::string& fb, InodeKey* key, uint32_t* lower_nlink);
+  std::string index_name(int lower_path_fd, int layer);
+  void mark_impure(OvInode* dir);
+
+  // Namespace helpers (overlay.cc).
+  int name_in_lowers(const RealState& dir, const char* name, bool* exists);
+  int create_object(const Request& r, OvInode* dir, const char* name, mode_t mode,
+                    const std::function<int(const CallerCreds&, int dirfd, const char* name)>& mk,
+                    bool is_dir);
+  int whiteout_in_upper(int dirfd, const char* name, bool* is_whiteout);
+  std::string temp_name();
+  int remove_work_tree(const char* name);
+  int set_nlink_diff(OvInode* in, int diff);
+  OvInode* find_inode(const InodeKey& key);
+
+  MountConfig cfg_;
+  Session* session_ = nullptr;
+  Stats* stats_ = nullptr;
+  InodeStore store_;
+  std::unique_ptr<InoMap> ino_map_;
+  FileLocks locks_;
+  OpenFiles files_;
+
+  std::vector<Layer> layers_;  // [0] = upper when has_upper_, then lowers top first
+  bool has_upper_ = false;
+  int work_fd_ = -1;      // the work dir itself (locked while mounted)
+  int tmp_fd_ = -1;       // work/work: where copies are built
+  int index_fd_ = -1;     // work/index: copied-up hard links
+  bool passthrough_ = false;
+
+  std::mutex ns_m_;       // serialises multi-step changes of the merged namespace
+  std::mutex names_m_;    // guards OvInode::parent/name
+  std::atomic<uint64_t> temp_counter_{0};
+};
+
+// The merged lookup result of one name.
+struct OverlayFs::Found {
+  Found() = default;
+  Found(const Found&) = delete;
+  Found& operator=(const Found&) = delete;
+  ~Found();
+  bool exists = false;
+  struct stat st {};
+  int layer = 0;
+  int fd = -1;             // O_PATH to the topmost object (owned until adopted)
+  bool from_index = false; // a lower hard link whose copied-up data lives in work/index
+  bool xwhiteouts = false, opaque = false, impure = false;
+  std::string redirect;    // top directory's trusted.overlay.redirect
+  std::string origin;      // top upper object's trusted.overlay.origin
+  std::vector<RealDir> lowers;
+  std::string lower_path;
+  int nlink_diff = 0;      // from_index: from trusted.overlay.nlink
+};
+
+}  // namespace fusekit

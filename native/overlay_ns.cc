@@ -1,0 +1,506 @@
+// Changes of the merged namespace. Each is a short sequence of atomic steps on the upper layer
+// (renameat2 with RENAME_WHITEOUT/RENAME_EXCHANGE, objects built in the work dir and swapped in),
+// serialised by ns_m_, so a concurrent lookup sees either the old or the new name, never a gap.
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "creds.h"
+#include "overlay.h"
+#include "overlay_xattr.h"
+#include "sys.h"
+
+namespace fusekit {
+
+namespace {
+
+int renameat2(int d1, const char* n1, int d2, const char* n2, unsigned flags) {
+  return static_cast<int>(syscall(SYS_renameat2, d1, n1, d2, n2, flags));
+}
+
+bool has_lower_parts(const RealState& s) { return !s.in_upper || !s.lowers.empty(); }
+
+}  // namespace
+
+int OverlayFs::whiteout_in_upper(int dirfd, const char* name, bool* is_whiteout) {
+  struct stat st;
+  *is_whiteout = false;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  *is_whiteout = S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
+  return 0;
+}
+
+int OverlayFs::name_in_lowers(const RealState& dir, const char* name, bool* exists) {
+  *exists = false;
+  if (dir.opaque) return 0;
+  for (auto& d : dir.lowers) {
+    struct stat st;
+    if (fstatat(d.fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      *exists = !is_whiteout(st, d.fd, name, d.xwhiteouts);
+      return 0;
+    }
+    if (errno != ENOENT) return errno;
+    if (cfg_.overlay.oci_whiteouts && oci_whiteout(d.fd, name)) return 0;
+  }
+  return 0;
+}
+
+int OverlayFs::remove_work_tree(const char* name) {
+  int fd = openat(tmp_fd_, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    sys::remove_contents(fd);
+    close(fd);
+    return unlinkat(tmp_fd_, name, AT_REMOVEDIR) == 0 ? 0 : errno;
+  }
+  return unlinkat(tmp_fd_, name, 0) == 0 ? 0 : errno;
+}
+
+int OverlayFs::create_object(const Request& r, OvInode* dir, const char* name, mode_t,
+                             const std::function<int(const CallerCreds&, int dirfd, const char* name)>& mk,
+                             bool is_dir) {
+  if (!has_upper_) return EROFS;
+  if (int err = copy_up(dir)) return err;
+  auto ds = dir->state();
+  int r1;
+  {
+    CallerCreds c(r.uid, r.gid, r.umask);
+    if (c.error()) return c.error();
+    r1 = mk(c, ds->fd, name);
+  }
+  if (r1 == 0) {
+    if (is_dir) dirs_changed(dir);
+    return 0;
+  }
+  if (errno != EEXIST) return errno;
+  bool wh = false;
+  whiteout_in_upper(ds->fd, name, &wh);
+  if (!wh) return EEXIST;
+  // Over a whiteout: build the object in the work dir, then swap it in atomically.
+  const std::string tmp = temp_name();
+  {
+    CallerCreds c(r.uid, r.gid, r.umask);
+    if (c.error()) return c.error();
+    if (mk(c, tmp_fd_, tmp.c_str()) != 0) return errno;
+  }
+  struct stat pst;
+  if (fstatat(ds->fd, "", &pst, AT_EMPTY_PATH) == 0 && (pst.st_mode & S_ISGID)) {
+    // The work dir is not setgid: give the object what the parent would have given it.
+    fchownat(tmp_fd_, tmp.c_str(), static_cast<uid_t>(-1), pst.st_gid, AT_SYMLINK_NOFOLLOW);
+    struct stat tst;
+    if (is_dir && fstatat(tmp_fd_, tmp.c_str(), &tst, AT_SYMLINK_NOFOLLOW) == 0)
+      fchmodat(tmp_fd_, tmp.c_str(), (tst.st_mode & 07777) | S_ISGID, 0);
+  }
+  int err = 0;
+  if (is_dir) {
+    // What the whiteout hid must stay hidden: the new directory is opaque.
+    int dfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    err = dfd < 0 ? errno : set_xattr_string(dfd, kOvlOpaque, "y");
+    if (dfd >= 0) close(dfd);
+    if (!err && renameat2(tmp_fd_, tmp.c_str(), ds->fd, name, RENAME_EXCHANGE) != 0) err = errno;
+    if (!err)
+      unlinkat(tmp_fd_, tmp.c_str(), 0);  // the whiteout, now in the work dir
+    else
+      unlinkat(tmp_fd_, tmp.c_str(), AT_REMOVEDIR);
+    dirs_changed(dir);
+  } else if (renameat2(tmp_fd_, tmp.c_str(), ds->fd, name, 0) != 0) {
+    err = errno;
+    unlinkat(tmp_fd_, tmp.c_str(), 0);
+  }
+  return err;
+}
+
+int OverlayFs::mknod(Request& r, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
+                     fuse_entry_param* e) {
+  if ((S_ISCHR(mode) || S_ISBLK(mode)) && !cfg_.devices) return EPERM;
+  OvInode* dir = inode(parent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  int err = create_object(
+      r, dir, name, mode,
+      [&](const CallerCreds& c, int dfd, const char* n) {
+        return mknodat(dfd, n, (mode & S_IFMT) | c.mask_mode(mode & 07777), rdev);
+      },
+      false);
+  return err ? err : do_lookup(dir, name, e);
+}
+
+int OverlayFs::mkdir(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
+                     fuse_entry_param* e) {
+  OvInode* dir = inode(parent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  int err = create_object(
+      r, dir, name, mode,
+      [&](const CallerCreds& c, int dfd, const char* n) {
+        return mkdirat(dfd, n, c.mask_mode(mode & 07777));
+      },
+      true);
+  return err ? err : do_lookup(dir, name, e);
+}
+
+int OverlayFs::symlink(Request& r, const char* link, fuse_ino_t parent, const char* name,
+                       fuse_entry_param* e) {
+  OvInode* dir = inode(parent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  int err = create_object(
+      r, dir, name, 0,
+      [&](const CallerCreds&, int dfd, const char* n) { return symlinkat(link, dfd, n); }, false);
+  return err ? err : do_lookup(dir, name, e);
+}
+
+int OverlayFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
+                      fuse_file_info* fi, fuse_entry_param* e) {
+  OvInode* dir = inode(parent);
+  int flags = (fi->flags | O_CREAT | O_NOFOLLOW) & ~O_NOCTTY;
+  if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+  int fd = -1;
+  {
+    std::lock_guard<std::mutex> g(ns_m_);
+    int err = create_object(
+        r, dir, name, mode,
+        [&](const CallerCreds& c, int dfd, const char* n) {
+          fd = openat(dfd, n, flags | O_EXCL | O_CLOEXEC, c.mask_mode(mode & 07777));
+          return fd < 0 ? -1 : 0;
+        },
+        false);
+    if (err == EEXIST && !(fi->flags & O_EXCL)) {
+      // An existing upper file (created behind the kernel's back): open it.
+      auto ds = dir->state();
+      fd = openat(ds->fd, name, (flags & ~O_CREAT) | O_CLOEXEC);
+      err = fd < 0 ? errno : 0;
+    }
+    if (err) return err;
+    if (int lerr = do_lookup(dir, name, e)) {
+      close(fd);
+      return lerr;
+    }
+  }
+  OvInode* in = inode(e->ino);
+  auto s = in->state();
+  int err = files_.attach(in, s->fd, s->real, fd, flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW), fi);
+  if (err) {
+    close(fd);
+    forget(e->ino, 1);
+  }
+  return err;
+}
+
+int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_info* fi,
+                       fuse_entry_param* e) {
+  if (!has_upper_) return EROFS;
+  OvInode* dir = inode(parent);
+  if (int err = copy_up(dir)) return err;
+  auto ds = dir->state();
+  int flags = (fi->flags | O_TMPFILE) & ~(O_CREAT | O_NOFOLLOW | O_NOCTTY);
+  int fd;
+  {
+    CallerCreds c(r.uid, r.gid, r.umask);
+    if (c.error()) return c.error();
+    fd = openat(ds->fd, ".", flags | O_CLOEXEC, c.mask_mode(mode & 07777));
+    if (fd < 0) return errno;
+  }
+  struct stat st;
+  fstat(fd, &st);
+  auto rs = std::make_shared<RealState>();
+  rs->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);  // a real descriptor: linkat can name it later
+  rs->layer = 0;
+  rs->in_upper = true;
+  rs->real = {static_cast<uint64_t>(st.st_dev), st.st_ino};
+  store_.ref(dir->key);
+  bool created = false;
+  OvInode* in = static_cast<OvInode*>(store_.ref_or_insert(
+      rs->real,
+      [&] {
+        auto* n = new OvInode;
+        n->type = S_IFREG;
+        n->store = &store_;
+        n->parent = dir;
+        n->set_state(rs);
+        return n;
+      },
+      &created));
+  if (!created) store_.unref(dir, 1);
+  e->ino = in->nodeid;
+  e->generation = in->generation;
+  fill_attr(in, *in->state(), &e->attr);
+  e->attr_timeout = cfg_.attr_timeout;
+  e->entry_timeout = cfg_.entry_timeout;
+  int err = files_.attach(in, rs->fd, rs->real, fd, flags & ~O_TMPFILE, fi);
+  if (err) {
+    close(fd);
+    forget(e->ino, 1);
+  }
+  return err;
+}
+
+int OverlayFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* newname,
+                    fuse_entry_param* e) {
+  if (!has_upper_) return EROFS;
+  OvInode* in = inode(ino);
+  OvInode* dir = inode(newparent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  if (int err = copy_up(in)) return err;
+  if (int err = copy_up(dir)) return err;
+  auto s = in->state();
+  auto ds = dir->state();
+  if (linkat(s->fd, "", ds->fd, newname, AT_EMPTY_PATH) != 0) {
+    if (errno != EEXIST) return errno;
+    bool wh = false;
+    whiteout_in_upper(ds->fd, newname, &wh);
+    if (!wh) return EEXIST;
+    const std::string tmp = temp_name();
+    if (linkat(s->fd, "", tmp_fd_, tmp.c_str(), AT_EMPTY_PATH) != 0) return errno;
+    if (renameat2(tmp_fd_, tmp.c_str(), ds->fd, newname, 0) != 0) {
+      int err = errno;
+      unlinkat(tmp_fd_, tmp.c_str(), 0);
+      return err;
+    }
+  }
+  mark_impure(dir);
+  return do_lookup(dir, newname, e);
+}
+
+int OverlayFs::unlink(Request&, fuse_ino_t parent, const char* name) {
+  if (!has_upper_) return EROFS;
+  OvInode* dir = inode(parent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  auto ds = dir->state();
+  Found f;
+  if (int err = resolve(*ds, name, &f)) return err;
+  if (!f.exists) return ENOENT;
+  if (S_ISDIR(f.st.st_mode)) return EISDIR;
+  OvInode* victim = find_inode(key_for(f));
+  const bool upper_name = f.layer == 0;
+  int err = 0;
+  if (upper_name) {
+    bool lower = false;
+    name_in_lowers(*ds, name, &lower);
+    if (lower) {
+      const std::string tmp = temp_name();
+      if (renameat2(ds->fd, name, tmp_fd_, tmp.c_str(), RENAME_WHITEOUT) != 0)
+        err = errno;
+      else
+        unlinkat(tmp_fd_, tmp.c_str(), 0);
+    } else if (unlinkat(ds->fd, name, 0) != 0) {
+      err = errno;
+    }
+  } else {
+    err = copy_up(dir);
+    if (!err && mknodat(dir->state()->fd, name, S_IFCHR, makedev(0, 0)) != 0) err = errno;
+  }
+  if (!err && victim) {
+    if (victim->indexed) {
+      // The merged count drops; the real one only if an upper link went.
+      if (!upper_name) set_nlink_diff(victim, victim->nlink_diff - 1);
+    } else if (!upper_name) {
+      victim->removed = true;
+    }
+  }
+  if (victim) store_.unref(victim, 1);
+  return err;
+}
+
+int OverlayFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
+  if (!has_upper_) return EROFS;
+  OvInode* dir = inode(parent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  auto ds = dir->state();
+  Found f;
+  if (int err = resolve(*ds, name, &f)) return err;
+  if (!f.exists) return ENOENT;
+  if (!S_ISDIR(f.st.st_mode)) return ENOTDIR;
+  {
+    RealState probe;  // the directory as merged, to see whether anything is visible in it
+    probe.fd = f.fd;
+    probe.layer = f.layer;
+    probe.opaque = f.opaque;
+    probe.xwhiteouts = f.xwhiteouts;
+    probe.lowers = std::move(f.lowers);
+    f.lowers.clear();
+    std::vector<Entry> entries;
+    int lerr = list_merged(probe, &entries, true);
+    f.lowers = std::move(probe.lowers);
+    probe.lowers.clear();
+    probe.fd = -1;
+    if (lerr) return lerr;
+    if (!entries.empty()) return ENOTEMPTY;
+  }
+  OvInode* victim = find_inode(key_for(f));
+  int err = 0;
+  if (f.layer == 0) {
+    bool lower = false;
+    name_in_lowers(*ds, name, &lower);
+    // Move it out of the way in one step (leaving a whiteout if a lower one must stay hidden),
+    // then clear the whiteouts it may hold.
+    const std::string tmp = temp_name();
+    if (renameat2(ds->fd, name, tmp_fd_, tmp.c_str(), lower ? RENAME_WHITEOUT : 0) != 0)
+      err = errno;
+    else
+      remove_work_tree(tmp.c_str());
+  } else {
+    err = copy_up(dir);
+    if (!err && mknodat(dir->state()->fd, name, S_IFCHR, makedev(0, 0)) != 0) err = errno;
+  }
+  if (!err) {
+    dirs_changed(dir);
+    if (victim) victim->removed = true;
+  }
+  if (victim) store_.unref(victim, 1);
+  return err;
+}
+
+int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                      const char* newname, unsigned flags) {
+  if (!has_upper_) return EROFS;
+  if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return EINVAL;
+  const bool exchange = flags & RENAME_EXCHANGE;
+  OvInode* d1 = inode(parent);
+  OvInode* d2 = inode(newparent);
+  std::lock_guard<std::mutex> g(ns_m_);
+  fuse_entry_param tmp_e;
+  OvInode* src = nullptr;
+  OvInode* dst = nullptr;
+  if (int err = do_lookup(d1, name, &tmp_e, &src)) return err;
+  int err = do_lookup(d2, newname, &tmp_e, &dst);
+  if (err && err != ENOENT) {
+    store_.unref(src, 1);
+    return err;
+  }
+  auto release = [&] {
+    if (src) store_.unref(src, 1);
+    if (dst) store_.unref(dst, 1);
+  };
+  if (src == dst && d1 == d2 && !strcmp(name, newname)) {
+    release();
+    return 0;
+  }
+  if ((flags & RENAME_NOREPLACE) && dst) {
+    release();
+    return EEXIST;
+  }
+  if (exchange && !dst) {
+    release();
+    return ENOENT;
+  }
+  const bool src_dir = S_ISDIR(src->type);
+  const bool dst_dir = dst && S_ISDIR(dst->type);
+  if (dst && !exchange) {
+    if (src_dir && !dst_dir) err = ENOTDIR;
+    if (!src_dir && dst_dir) err = EISDIR;
+    if (!err && dst_dir) {
+      std::vector<Entry> entries;
+      err = list_merged(*dst->state(), &entries, true);
+      if (!err && !entries.empty()) err = ENOTEMPTY;
+    }
+    if (err) {
+      release();
+      return err;
+    }
+  }
+  // A directory with lower parts is moved by recording where those parts live.
+  auto needs_redirect = [&](OvInode* in) {
+    return S_ISDIR(in->type) && has_lower_parts(*in->state());
+  };
+  if (((needs_redirect(src)) || (exchange && needs_redirect(dst))) && !cfg_.overlay.redirect_dir) {
+    release();
+    return EXDEV;
+  }
+  if ((err = copy_up(d1)) || (err = copy_up(d2)) || (err = copy_up(src)) ||
+      (exchange && (err = copy_up(dst)))) {
+    release();
+    return err;
+  }
+  auto set_redirect = [&](OvInode* in, const std::string& lower_path) {
+    if (lower_path.empty()) return 0;
+    auto s = in->state();
+    std::string cur;
+    if (get_xattr_string(s->fd, kOvlRedirect, &cur)) return 0;
+    return set_xattr_string(s->fd, kOvlRedirect, lower_path);
+  };
+  {
+    auto ss = src->state();
+    if (S_ISDIR(src->type) && !ss->lowers.empty()) err = set_redirect(src, ss->lower_path);
+    if (!err && exchange && S_ISDIR(dst->type)) {
+      auto ds2 = dst->state();
+      if (!ds2->lowers.empty()) err = set_redirect(dst, ds2->lower_path);
+    }
+  }
+  auto s1 = d1->state();
+  auto s2 = d2->state();
+  bool src_lower = false, dst_lower = false;
+  if (!err) name_in_lowers(*s1, name, &src_lower);
+  if (!err) name_in_lowers(*s2, newname, &dst_lower);
+  std::string moved_dst;
+  if (!err && !exchange) {
+    // A pure upper directory landing where a lower directory is must not merge with it.
+    auto ss = src->state();
+    if (src_dir && ss->lowers.empty() && dst_lower)
+      err = set_xattr_string(ss->fd, kOvlOpaque, "y");
+    // An upper directory being replaced may hold whiteouts: move it aside first.
+    if (!err && dst_dir && dst->state()->in_upper) {
+      moved_dst = temp_name();
+      if (renameat2(s2->fd, newname, tmp_fd_, moved_dst.c_str(), dst_lower ? RENAME_WHITEOUT : 0))
+        err = errno;
+    }
+  }
+  if (!err) {
+    if (exchange) {
+      if (renameat2(s1->fd, name, s2->fd, newname, RENAME_EXCHANGE) != 0) err = errno;
+    } else {
+      bool wh = false;
+      whiteout_in_upper(s2->fd, newname, &wh);
+      if (wh && src_dir) {
+        // A directory cannot replace a whiteout: swap them, and the whiteout lands where the
+        // directory was, which is where one is needed anyway if a lower entry is there.
+        if (renameat2(s1->fd, name, s2->fd, newname, RENAME_EXCHANGE) != 0)
+          err = errno;
+        else if (!src_lower)
+          unlinkat(s1->fd, name, 0);
+      } else if (renameat2(s1->fd, name, s2->fd, newname, src_lower ? RENAME_WHITEOUT : 0) != 0) {
+        err = errno;
+      }
+    }
+  }
+  if (!moved_dst.empty()) {
+    if (err)  // put it back
+      renameat2(tmp_fd_, moved_dst.c_str(), s2->fd, newname, RENAME_EXCHANGE);
+    remove_work_tree(moved_dst.c_str());
+  }
+  if (!err) {
+    auto move = [&](OvInode* in, OvInode* to, const char* n) {
+      OvInode* old;
+      store_.ref(to->key);
+      {
+        std::lock_guard<std::mutex> gn(names_m_);
+        old = in->parent;
+        in->parent = to;
+        in->name = n;
+      }
+      if (old) store_.unref(old, 1);
+    };
+    move(src, d2, newname);
+    if (exchange) {
+      move(dst, d1, name);
+    } else if (dst) {
+      if (dst->indexed) {
+        if (!dst->state()->in_upper) set_nlink_diff(dst, dst->nlink_diff - 1);
+      } else {
+        dst->removed = true;
+      }
+    }
+    mark_impure(d2);
+    if (exchange) mark_impure(d1);
+    dirs_changed(d1);
+    dirs_changed(d2);
+  }
+  release();
+  return err;
+}
+
+}  // namespace fusekit
