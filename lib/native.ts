@@ -10,6 +10,7 @@ export interface NativeConfig {
     work: string;
     ociWhiteouts: boolean;
     redirectDir: boolean;
+    volatile: boolean;
   };
   mountpoint: string;
   fsname: string;
@@ -66,6 +67,8 @@ export interface NativeBinding {
   unmountPath(path: string, mode?: 'normal' | 'lazy' | 'force'): void;
   detachAll(): void;
   capabilities(): { capSysAdmin: boolean; uringEnabled: boolean; libfuseVersion: number };
+  xattrs(path: string): Record<string, Buffer>;
+  dirLocked(path: string): boolean;
 }
 
 let binding: NativeBinding | undefined;

@@ -15,6 +15,8 @@ export interface OverlayLayers {
   ociWhiteouts?: boolean;
   /** Allow renaming directories that come from a lower layer (kernel: redirect_dir). Default true. */
   redirectDir?: boolean;
+  /** Skip fsync: the upper is disposable (podman's "volatile"). Default false. */
+  volatile?: boolean;
 }
 
 /** Options of `mount()`. Every one is also a kebab-case flag of `fusekit mount`. */
@@ -151,7 +153,7 @@ function normalizeOverlay(o: unknown): Required<OverlayLayers> {
   if (typeof o !== 'object' || o === null) throw invalid('option overlay must be an object');
   const v = o as Record<string, unknown>;
   for (const k of Object.keys(v)) {
-    if (!['lower', 'upper', 'work', 'ociWhiteouts', 'redirectDir'].includes(k))
+    if (!['lower', 'upper', 'work', 'ociWhiteouts', 'redirectDir', 'volatile'].includes(k))
       throw invalid(`unknown overlay option '${k}'`);
   }
   if (!Array.isArray(v.lower) || v.lower.length === 0)
@@ -160,7 +162,7 @@ function normalizeOverlay(o: unknown): Required<OverlayLayers> {
   const hasUpper = v.upper !== undefined;
   if (hasUpper !== (v.work !== undefined))
     throw invalid('overlay.upper and overlay.work go together (neither: a read-only overlay)');
-  for (const k of ['ociWhiteouts', 'redirectDir'] as const) {
+  for (const k of ['ociWhiteouts', 'redirectDir', 'volatile'] as const) {
     if (v[k] !== undefined && typeof v[k] !== 'boolean')
       throw invalid(`overlay.${k} must be a boolean`);
   }
@@ -170,6 +172,7 @@ function normalizeOverlay(o: unknown): Required<OverlayLayers> {
     work: hasUpper ? checkPath('overlay.work', v.work) : '',
     ociWhiteouts: (v.ociWhiteouts as boolean | undefined) ?? false,
     redirectDir: (v.redirectDir as boolean | undefined) ?? true,
+    volatile: (v.volatile as boolean | undefined) ?? false,
   };
 }
 

@@ -18,6 +18,7 @@ struct OverlayConfig {
   std::string work;                // on the upper's filesystem
   bool oci_whiteouts = false;      // also read OCI/AUFS ".wh." files as whiteouts
   bool redirect_dir = true;        // allow renaming lower directories (redirect xattr)
+  bool volatile_upper = false;     // fsync is a no-op: the upper is disposable
 };
 
 struct MountConfig {

@@ -72,6 +72,7 @@ MountConfig config_from_js(const Napi::Object& o) {
     c.overlay.work = get_string(v, "work");
     c.overlay.oci_whiteouts = get_bool(v, "ociWhiteouts", false);
     c.overlay.redirect_dir = get_bool(v, "redirectDir", true);
+    c.overlay.volatile_upper = get_bool(v, "volatile", false);
     if (c.overlay.upper.empty()) c.read_only = true;  // nothing can be written without an upper
   }
   if (c.mountpoint.empty() || c.mountpoint[0] != '/')

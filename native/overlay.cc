@@ -634,6 +634,7 @@ int OverlayFs::release(Request&, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 int OverlayFs::fsync(Request&, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  if (cfg_.overlay.volatile_upper) return 0;
   int fd = file_handle(fi)->fd;
   return (datasync ? fdatasync(fd) : ::fsync(fd)) == 0 ? 0 : errno;
 }

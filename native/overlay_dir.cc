@@ -176,7 +176,7 @@ int OverlayFs::releasedir(Request&, fuse_ino_t, fuse_file_info* fi) {
 
 int OverlayFs::fsyncdir(Request&, fuse_ino_t ino, int datasync, fuse_file_info*) {
   auto s = inode(ino)->state();
-  if (!s->in_upper) return 0;  // nothing of it was written
+  if (!s->in_upper || cfg_.overlay.volatile_upper) return 0;  // nothing to make durable
   int fd = openat(s->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno;
   int r = datasync ? fdatasync(fd) : ::fsync(fd);
