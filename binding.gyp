@@ -5,7 +5,9 @@
       "sources": [
         "native/binding.cc",
         "native/creds.cc",
+        "native/events.cc",
         "native/filesystems.cc",
+        "native/idmap.cc",
         "native/inode_store.cc",
         "native/js_config.cc",
         "native/locks.cc",
@@ -17,6 +19,7 @@
         "native/overlay_ns.cc",
         "native/overlay_xattr.cc",
         "native/passthrough.cc",
+        "native/policy.cc",
         "native/session.cc",
         "native/stats.cc",
         "native/sys.cc"

@@ -83,13 +83,20 @@ export function parseArgs(argv: string[]): Parsed {
       if (!name || !spec) throw new UsageError(`unknown option --${flag}`);
       let value: unknown;
       if (spec.kind === 'boolean') {
-        value = inline === undefined ? true : inline !== 'false';
+        if (inline !== undefined && inline !== 'true' && inline !== 'false')
+          throw new UsageError(`--${flag} takes no value, or =true / =false`);
+        value = inline !== 'false';
       } else {
         const raw = inline ?? argv[++i];
         if (raw === undefined) throw new UsageError(`--${flag} needs a value`);
-        value = spec.kind === 'number' ? Number(raw) : raw;
+        value = spec.kind === 'number' && raw.trim() !== '' ? Number(raw) : raw;
       }
-      checkOption(name, value);
+      try {
+        checkOption(name, value);
+      } catch (e) {
+        // A bad value is a usage error like a bad flag.
+        throw new UsageError(`invalid --${flag}: ${(e as Error).message}`);
+      }
       out.options[name] = value;
     }
   }
@@ -122,7 +129,9 @@ async function runMount(p: Parsed): Promise<number> {
 /** --background: a detached daemon mounts; this process exits 0 once the mount is live. */
 function spawnDaemon(args: string[]): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [__filename, ...args, '--daemon-child'], {
+    // execArgv too: the same loader (e.g. tsx) must run the daemon as this process.
+    const argv = [...process.execArgv, __filename, ...args, '--daemon-child'];
+    const child = spawn(process.execPath, argv, {
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
     });

@@ -1,6 +1,24 @@
 export { FusekitError } from './errors';
-export { Mount, type MountStats, type UnmountOptions, liveMounts, mount, unmountPath } from './mount';
-export { type MountOptions, type OverlayLayers, OPTION_SPECS } from './options';
+export {
+  type IdMapOptions,
+  type IdRange,
+  checkRanges,
+  parseColonIdMap,
+  parseProcIdMap,
+  parseSubid,
+  readSubid,
+} from './idmap';
+export {
+  Mount,
+  type MountStats,
+  type TraceOptions,
+  type UnmountOptions,
+  liveMounts,
+  mount,
+  unmountPath,
+} from './mount';
+export type { FsEvent } from './native';
+export { type AccessRule, type MountOptions, type OverlayLayers, OPTION_SPECS } from './options';
 export {
   type ChangeKind,
   type EntryType,

@@ -2,7 +2,9 @@ import { constants as fsc, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import { FusekitError } from './errors';
-import { native, type NativeMountHandle, type NativeStats } from './native';
+import { EventEmitter } from 'node:events';
+
+import { type FsEvent, native, type NativeMountHandle, type NativeStats } from './native';
 import { type MountOptions, type NormalizedOptions, normalizeOptions } from './options';
 
 export type MountStats = NativeStats;
@@ -14,8 +16,21 @@ export interface UnmountOptions {
   force?: boolean;
 }
 
-/** A live fusekit mount. */
-export class Mount {
+export interface TraceOptions {
+  /** Record one in `sample` matching operations (default 1: all). */
+  sample?: number;
+  /** Only these operations (names as in stats().ops, e.g. 'lookup', 'open'). */
+  ops?: string[];
+  /** Only failed operations. */
+  errorsOnly?: boolean;
+}
+
+/**
+ * A live fusekit mount. Emits 'audit' and 'trace' events (FsEvent), delivered in batches from the
+ * native side; nothing waits for JavaScript, so a consumer that falls behind loses events (they are
+ * counted in stats().events.dropped and by each events() iterator).
+ */
+export class Mount extends EventEmitter {
   readonly mountpoint: string;
   readonly source: string;
   /** Resolves when the mount has ended, however it was unmounted (also from outside). */
@@ -27,6 +42,7 @@ export class Mount {
 
   /** @internal */
   constructor(handle: NativeMountHandle, options: NormalizedOptions, closed: Promise<void>) {
+    super();
     this.#handle = handle;
     this.mountpoint = options.mountpoint;
     this.source = options.source;
@@ -74,6 +90,74 @@ export class Mount {
   /** Per-operation counts, errors by errno, latency histograms, transport and passthrough use. */
   stats(): MountStats {
     return this.#handle.stats();
+  }
+
+  /** @internal Called with each batch of native events. */
+  deliver(batch: FsEvent[]): void {
+    for (const e of batch) this.emit(e.kind, e);
+  }
+
+  /** Starts (or with false stops) recording sampled trace events ('trace'). */
+  trace(options: TraceOptions | false = {}): void {
+    if (options === false) {
+      this.#handle.setTrace({ enabled: false });
+      return;
+    }
+    if (options.sample !== undefined && (!Number.isInteger(options.sample) || options.sample < 1))
+      throw new FusekitError('EINVAL', 'trace sample must be a positive integer');
+    this.#handle.setTrace({ enabled: true, ...options });
+  }
+
+  /**
+   * Events as an async iterator, buffered up to `bufferSize` (default 10000); beyond that they are
+   * dropped and counted in `dropped`. Ends when the mount closes or the iterator is returned.
+   */
+  events(
+    options: { kinds?: Array<'audit' | 'trace'>; bufferSize?: number } = {},
+  ): AsyncIterableIterator<FsEvent> & { readonly dropped: number } {
+    const kinds = options.kinds ?? ['audit', 'trace'];
+    const max = options.bufferSize ?? 10000;
+    const queue: FsEvent[] = [];
+    let waiting: ((r: IteratorResult<FsEvent>) => void) | undefined;
+    let done = false;
+    let dropped = 0;
+    const push = (e: FsEvent): void => {
+      if (waiting) {
+        const w = waiting;
+        waiting = undefined;
+        w({ value: e, done: false });
+      } else if (queue.length < max) {
+        queue.push(e);
+      } else {
+        dropped++;
+      }
+    };
+    const finish = (): void => {
+      done = true;
+      for (const k of kinds) this.off(k, push);
+      if (waiting) waiting({ value: undefined, done: true });
+      waiting = undefined;
+    };
+    for (const k of kinds) this.on(k, push);
+    void this.closed.then(finish);
+    const it = {
+      get dropped() {
+        return dropped;
+      },
+      next(): Promise<IteratorResult<FsEvent>> {
+        if (queue.length) return Promise.resolve({ value: queue.shift()!, done: false });
+        if (done) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((r) => (waiting = r));
+      },
+      return(): Promise<IteratorResult<FsEvent>> {
+        finish();
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]() {
+        return it;
+      },
+    };
+    return it as AsyncIterableIterator<FsEvent> & { readonly dropped: number };
   }
 
   /** Keep the process alive while mounted (the default). */
@@ -182,19 +266,25 @@ export async function mount(options: MountOptions): Promise<Mount> {
   let resolveClosed!: () => void;
   const closed = new Promise<void>((r) => (resolveClosed = r));
   let handle: NativeMountHandle;
+  let mountRef: Mount | undefined;
   mounting.add(real);
   try {
     // Mounted by a mount() that finished after this one's preflight.
     if (await isMountPoint(real))
       fail('EBUSY', `mount point ${o.mountpoint} is already a mount point`, o.mountpoint);
     const { allowNonEmpty: _, ...config } = o;
-    handle = await binding.mount(config, () => resolveClosed());
+    handle = await binding.mount(
+      config,
+      () => resolveClosed(),
+      (batch) => mountRef?.deliver(batch),
+    );
   } catch (e) {
     throw FusekitError.from(e, undefined, o.mountpoint);
   } finally {
     mounting.delete(real);
   }
   const m = new Mount(handle, o, closed);
+  mountRef = m;
   live.add(m);
   installExitHooks();
   return m;

@@ -12,6 +12,13 @@ export interface NativeConfig {
     redirectDir: boolean;
     volatile: boolean;
   };
+  idmap?: {
+    uid?: { inside: number; outside: number; count: number }[];
+    gid?: { inside: number; outside: number; count: number }[];
+    squash?: { uid?: number; gid?: number };
+  };
+  rules: { path: string; deny: boolean; readOnly: boolean }[];
+  audit: 'off' | 'denied' | 'changes';
   mountpoint: string;
   fsname: string;
   subtype: string;
@@ -52,6 +59,26 @@ export interface NativeStats {
     failures: number;
   };
   inodes: number;
+  events: { recorded: number; dropped: number };
+}
+
+/** One audit or trace record. */
+export interface FsEvent {
+  kind: 'audit' | 'trace';
+  /** Milliseconds since the epoch. */
+  time: number;
+  op: string;
+  path: string;
+  /** The second path of rename/link. */
+  path2?: string;
+  uid: number;
+  gid: number;
+  pid: number;
+  /** 0, or the errno name of the failure. */
+  result: 0 | string;
+  /** Refused by an access rule. */
+  denied: boolean;
+  latencyNs: number;
 }
 
 export interface NativeMountHandle {
@@ -60,10 +87,15 @@ export interface NativeMountHandle {
   info(): { mountpoint: string; transport: 'io_uring' | 'dev'; passthrough: boolean; closed: boolean };
   ref(): void;
   unref(): void;
+  setTrace(config: { enabled: boolean; sample?: number; ops?: string[]; errorsOnly?: boolean }): void;
 }
 
 export interface NativeBinding {
-  mount(config: NativeConfig, onClosed: () => void): Promise<NativeMountHandle>;
+  mount(
+    config: NativeConfig,
+    onClosed: () => void,
+    onEvents: (batch: FsEvent[]) => void,
+  ): Promise<NativeMountHandle>;
   unmountPath(path: string, mode?: 'normal' | 'lazy' | 'force'): void;
   detachAll(): void;
   capabilities(): { capSysAdmin: boolean; uringEnabled: boolean; libfuseVersion: number };

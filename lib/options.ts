@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 
 import { invalid } from './errors';
+import { type IdMapOptions, checkIdMap } from './idmap';
 import type { NativeConfig } from './native';
 
 /** Layers of an overlay mount, as kernel overlayfs takes them. */
@@ -64,6 +65,42 @@ export interface MountOptions {
   allowNonEmpty?: boolean;
   /** libfuse debug output on stderr. Default false. */
   debug?: boolean;
+  /** UID/GID mapping between the source's ids and the ids used through the mount. */
+  idmap?: IdMapOptions;
+  /**
+   * Access rules, enforced in the core: `path` is a path from the mount root or a glob ("*", "**",
+   * "?") and covers everything below it; deny → EACCES for every access, readOnly → EROFS for
+   * every change. deny wins.
+   */
+  rules?: AccessRule[];
+  /**
+   * Audit events ('audit' on the Mount): 'denied' (the default when rules are given) reports
+   * operations refused by a rule; 'changes' also every change (create, write-open, setattr,
+   * rename, unlink, xattrs, ...); 'off'.
+   */
+  audit?: 'off' | 'denied' | 'changes';
+}
+
+export interface AccessRule {
+  path: string;
+  deny?: boolean;
+  readOnly?: boolean;
+}
+
+function checkRules(v: unknown): Required<AccessRule>[] {
+  if (!Array.isArray(v)) throw invalid('option rules must be an array of { path, deny?, readOnly? }');
+  return v.map((r, i) => {
+    const o = r as Record<string, unknown>;
+    if (typeof o !== 'object' || o === null) throw invalid(`rules[${i}] must be an object`);
+    for (const k of Object.keys(o))
+      if (!['path', 'deny', 'readOnly'].includes(k)) throw invalid(`rules[${i}]: unknown key '${k}'`);
+    if (typeof o.path !== 'string' || o.path.length === 0 || o.path.includes('\0'))
+      throw invalid(`rules[${i}].path must be a non-empty path or glob`);
+    for (const k of ['deny', 'readOnly'] as const)
+      if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`rules[${i}].${k} must be a boolean`);
+    if (!o.deny && !o.readOnly) throw invalid(`rules[${i}] needs deny or readOnly`);
+    return { path: o.path, deny: o.deny === true, readOnly: o.readOnly === true };
+  });
 }
 
 type Spec =
@@ -181,17 +218,26 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
   if (typeof options !== 'object' || options === null)
     throw invalid('mount() needs an options object');
   for (const [key, value] of Object.entries(options)) {
-    if (['source', 'mountpoint', 'overlay'].includes(key) || value === undefined) continue;
+    if (['source', 'mountpoint', 'overlay', 'idmap', 'rules', 'audit'].includes(key) || value === undefined)
+      continue;
     checkOption(key, value);
   }
   if ((options.source === undefined) === (options.overlay === undefined))
     throw invalid('mount() needs exactly one of source (passthrough) and overlay (layers)');
   const overlay = options.overlay === undefined ? undefined : normalizeOverlay(options.overlay);
+  const idmap = options.idmap === undefined ? undefined : checkIdMap(options.idmap);
+  const rules = options.rules === undefined ? [] : checkRules(options.rules);
+  if (options.audit !== undefined && !['off', 'denied', 'changes'].includes(options.audit))
+    throw invalid('option audit must be one of off, denied, changes');
+  const audit = options.audit ?? (rules.length > 0 ? 'denied' : 'off');
   const source = overlay ? '' : checkPath('source', options.source);
   const mountpoint = checkPath('mountpoint', options.mountpoint);
   return {
     source,
     ...(overlay ? { overlay } : {}),
+    ...(idmap ? { idmap } : {}),
+    rules,
+    audit,
     mountpoint,
     fsname: options.fsname ?? (overlay ? 'fusekit-overlay' : source),
     subtype: options.subtype ?? 'fusekit',

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "idmap.h"
+#include "policy.h"
+
 namespace fusekit {
 
 enum class PassthroughMode { Auto, On, Off };
@@ -39,6 +42,10 @@ struct MountConfig {
   Transport transport = Transport::Auto;
   unsigned threads = 0;            // 0: libfuse default
   unsigned uring_queue_depth = 0;  // 0: fusekit default
+
+  IdMap idmap;  // identity unless configured
+  std::vector<PolicyRule> rules;
+  int audit = 0;  // 0 off, 1 denied operations, 2 also every change
 
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;

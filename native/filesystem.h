@@ -117,6 +117,8 @@ class Filesystem {
 
   // Inodes currently known to the kernel (for stats).
   virtual size_t inode_count() const = 0;
+  // A path of the inode from the mount root ("/a/b"), "" if it has none (for rules and events).
+  virtual std::string path_of(fuse_ino_t ino) = 0;
 };
 
 }  // namespace fusekit

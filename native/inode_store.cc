@@ -11,6 +11,7 @@ Inode::~Inode() {
   if (locks) {
     for (auto& [owner, lfd] : locks->fds) close(lfd);
   }
+  if (parent && store) store->unref(parent, 1);
 }
 
 NodeTable::NodeTable() : chunks_(new std::atomic<Slot*>[kMaxChunks]) {
@@ -71,6 +72,9 @@ void NodeTable::release(uint64_t id) {
 InodeStore::InodeStore() = default;
 
 InodeStore::~InodeStore() {
+  // Everything goes: no inode may hand its parent reference back into the maps being cleared.
+  for (auto& s : shards_)
+    for (auto& [k, in] : s.map) in->parent = nullptr;
   for (auto& s : shards_) {
     for (auto& [k, in] : s.map) {
       if (in != root_) delete in;
@@ -159,6 +163,37 @@ void InodeStore::unref(Inode* in, uint64_t n) {
   }
   count_.fetch_sub(1, std::memory_order_relaxed);
   delete in;  // outside the lock: closing descriptors can be slow
+}
+
+std::string InodeStore::path_of(const Inode* in) {
+  std::lock_guard<std::mutex> g(names_m);
+  std::vector<const std::string*> parts;
+  const Inode* p = in;
+  while (p && p != root_) {
+    if (!p->parent) return "";  // not reachable from the root by recorded names
+    parts.push_back(&p->name);
+    p = p->parent;
+  }
+  if (!p) return "";
+  std::string out;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    out += '/';
+    out += **it;
+  }
+  return out.empty() ? "/" : out;
+}
+
+void InodeStore::set_name(Inode* in, Inode* dir, const char* name) {
+  if (in == root_) return;
+  ref(dir->key);
+  Inode* old;
+  {
+    std::lock_guard<std::mutex> g(names_m);
+    old = in->parent;
+    in->parent = dir;
+    in->name = name;
+  }
+  if (old) unref(old, 1);
 }
 
 void InodeStore::for_each(const std::function<void(Inode*)>& fn) {

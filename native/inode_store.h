@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -43,6 +44,8 @@ struct LockOwners {
   std::unordered_map<uint64_t, int> fds;
 };
 
+class InodeStore;
+
 struct Inode {
   virtual ~Inode();
 
@@ -62,6 +65,13 @@ struct Inode {
   bool backing_writable = false;
   InodeKey backing_real{};  // the real file the backing file is (overlay: changes at copy-up)
   std::unique_ptr<LockOwners> locks;
+
+  // One name of the inode in the mount (the last one it was looked up or moved under), for path
+  // rules, events and overlay copy-up. Guarded by InodeStore::names_m; the parent carries a
+  // lookup reference taken for this inode, dropped when it is freed.
+  InodeStore* store = nullptr;
+  Inode* parent = nullptr;
+  std::string name;
 };
 
 class NodeTable {
@@ -128,6 +138,13 @@ class InodeStore {
 
   // Visits every live inode under its shard lock (for invalidation and teardown).
   void for_each(const std::function<void(Inode*)>& fn);
+
+  // "/a/b" for an inode reachable from the root through recorded names; "" when not.
+  std::string path_of(const Inode* in);
+  // Records that `in` now lives at dir/name (takes a reference on dir, drops the old parent's).
+  void set_name(Inode* in, Inode* dir, const char* name);
+
+  std::mutex names_m;
 
  private:
   static constexpr size_t kShards = 64;

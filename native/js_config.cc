@@ -56,6 +56,43 @@ MountConfig config_from_js(const Napi::Object& o) {
   c.entry_timeout = get_number(o, "entryTimeout", 1.0);
   c.attr_timeout = get_number(o, "attrTimeout", 1.0);
   c.negative_timeout = get_number(o, "negativeTimeout", 0.0);
+  Napi::Value im = o.Get("idmap");
+  if (im.IsObject()) {
+    Napi::Object m = im.As<Napi::Object>();
+    auto ranges = [&](const char* key) {
+      std::vector<IdRange> out;
+      Napi::Value v = m.Get(key);
+      if (v.IsUndefined()) return out;
+      if (!v.IsArray()) throw Napi::TypeError::New(o.Env(), std::string("idmap.") + key + " must be an array");
+      Napi::Array a = v.As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        Napi::Object r = a.Get(i).As<Napi::Object>();
+        out.push_back({static_cast<uint32_t>(get_number(r, "inside", 0)),
+                       static_cast<uint32_t>(get_number(r, "outside", 0)),
+                       static_cast<uint32_t>(get_number(r, "count", 0))});
+      }
+      return out;
+    };
+    int64_t su = kNoSquash, sg = kNoSquash;
+    Napi::Value sq = m.Get("squash");
+    if (sq.IsObject()) {
+      Napi::Object s = sq.As<Napi::Object>();
+      if (s.Get("uid").IsNumber()) su = static_cast<int64_t>(get_number(s, "uid", 0));
+      if (s.Get("gid").IsNumber()) sg = static_cast<int64_t>(get_number(s, "gid", 0));
+    }
+    c.idmap = IdMap(ranges("uid"), ranges("gid"), su, sg);
+  }
+  Napi::Value rules = o.Get("rules");
+  if (rules.IsArray()) {
+    Napi::Array a = rules.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Object r = a.Get(i).As<Napi::Object>();
+      c.rules.push_back({get_string(r, "path"), get_bool(r, "deny", false),
+                         get_bool(r, "readOnly", false)});
+    }
+  }
+  std::string audit = get_string(o, "audit", "off");
+  c.audit = audit == "changes" ? 2 : audit == "denied" ? 1 : 0;
   Napi::Value ov = o.Get("overlay");
   if (ov.IsObject()) {
     Napi::Object v = ov.As<Napi::Object>();

@@ -145,6 +145,14 @@ int FileLocks::wait_async(fuse_req_t req, int fd, bool is_flock, int flock_op,
       close(fd);
       return EINTR;
     }
+    if (!replier_.joinable()) {
+      try {
+        replier_ = std::thread(&FileLocks::reply_loop, this);
+      } catch (...) {
+        close(fd);
+        return EAGAIN;
+      }
+    }
     waiters_.emplace(w.get(), w);
   }
   try {
@@ -195,15 +203,25 @@ void FileLocks::run(std::shared_ptr<Waiter> w) {
     w->done = true;
   }
   close(w->fd);
-  fuse_req_t req = w->req;
-  {
-    // Leave the registry before replying: afterwards the request (and its address) is gone.
-    std::lock_guard<std::mutex> g(m_);
-    waiters_.erase(w.get());
-  }
-  fuse_reply_err(req, err);
+  // Leave the registry before the reply is sent: afterwards the request (and its address) is gone.
   std::lock_guard<std::mutex> g(m_);
+  waiters_.erase(w.get());
+  replies_.emplace_back(w->req, err);
+  reply_cv_.notify_one();
   cv_.notify_all();
+}
+
+void FileLocks::reply_loop() {
+  std::unique_lock<std::mutex> l(m_);
+  for (;;) {
+    reply_cv_.wait(l, [&] { return !replies_.empty() || stop_replier_; });
+    if (replies_.empty()) return;  // stopping, and everything is answered
+    auto [req, err] = replies_.front();
+    replies_.pop_front();
+    l.unlock();
+    fuse_reply_err(req, err);
+    l.lock();
+  }
 }
 
 void FileLocks::on_interrupt(fuse_req_t req, void* data) {
@@ -246,6 +264,11 @@ void FileLocks::shutdown() {
   shutting_down_ = true;
   for (auto& [k, w] : waiters_) kick(w);
   cv_.wait(l, [&] { return waiters_.empty(); });
+  // The replier drains the answers still queued before it stops.
+  stop_replier_ = true;
+  reply_cv_.notify_one();
+  l.unlock();
+  if (replier_.joinable()) replier_.join();
 }
 
 }  // namespace fusekit

@@ -8,7 +8,10 @@
 //
 // A blocking request (F_SETLKW, flock without LOCK_NB) waits on its own thread and is answered from
 // there, so request threads (and io_uring queues, one per CPU) never block on another process.
-// FUSE_INTERRUPT wakes the waiter with a signal and it answers EINTR.
+// FUSE_INTERRUPT wakes the waiter with a signal and it answers EINTR. The answer itself goes out
+// from one long-lived thread: over io_uring, replying also queues the ring entry's next fetch on
+// behalf of the replying thread, and the kernel cancels a thread's pending io_uring commands when
+// the thread exits, which would fail the next request on that entry with ECANCELED.
 #pragma once
 
 #include <fcntl.h>
@@ -17,9 +20,12 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "inode_store.h"
 
@@ -52,11 +58,17 @@ class FileLocks {
   static void on_interrupt(fuse_req_t req, void* data);
   void run(std::shared_ptr<Waiter> w);
   void kick(std::shared_ptr<Waiter> w);
+  void reply_loop();
 
   std::mutex m_;
   std::condition_variable cv_;
   std::unordered_map<Waiter*, std::shared_ptr<Waiter>> waiters_;
   bool shutting_down_ = false;
+  // Answers of finished waiters, sent by replier_ (started with the first wait).
+  std::condition_variable reply_cv_;
+  std::deque<std::pair<fuse_req_t, int>> replies_;
+  std::thread replier_;
+  bool stop_replier_ = false;
 };
 
 }  // namespace fusekit

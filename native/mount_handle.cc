@@ -33,11 +33,12 @@ bool g_js_alive = true;
 
 class MountWorker : public Napi::AsyncWorker {
  public:
-  MountWorker(Napi::Env env, MountConfig cfg, Napi::Function on_closed)
+  MountWorker(Napi::Env env, MountConfig cfg, Napi::Function on_closed, Napi::Function on_events)
       : Napi::AsyncWorker(env, "fusekit.mount"),
         deferred_(Napi::Promise::Deferred::New(env)),
         cfg_(std::move(cfg)),
-        on_closed_(Napi::Persistent(on_closed)) {}
+        on_closed_(Napi::Persistent(on_closed)),
+        on_events_(Napi::Persistent(on_events)) {}
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
@@ -60,7 +61,7 @@ class MountWorker : public Napi::AsyncWorker {
       registry().insert(session_);
     }
     Napi::Object obj = g_ctor->New({});
-    MountHandle::Unwrap(obj)->Attach(session_, on_closed_.Value());
+    MountHandle::Unwrap(obj)->Attach(session_, on_closed_.Value(), on_events_.Value());
     deferred_.Resolve(obj);
   }
 
@@ -68,6 +69,7 @@ class MountWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   MountConfig cfg_;
   Napi::FunctionReference on_closed_;
+  Napi::FunctionReference on_events_;
   Error err_;
   std::shared_ptr<Session> session_;
 };
@@ -124,6 +126,7 @@ Napi::Function MountHandle::Init(Napi::Env env) {
                                      InstanceMethod("info", &MountHandle::Info),
                                      InstanceMethod("ref", &MountHandle::Ref),
                                      InstanceMethod("unref", &MountHandle::Unref),
+                                     InstanceMethod("setTrace", &MountHandle::SetTrace),
                                  });
   g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
   // Registered before any thread-safe function, so it runs after their cleanup hooks, while they
@@ -137,10 +140,11 @@ Napi::Function MountHandle::Init(Napi::Env env) {
 
 Napi::Value MountHandle::Mount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
-    throw Napi::TypeError::New(env, "mount(config, onClosed)");
+  if (info.Length() < 3 || !info[0].IsObject() || !info[1].IsFunction() || !info[2].IsFunction())
+    throw Napi::TypeError::New(env, "mount(config, onClosed, onEvents)");
   MountConfig cfg = config_from_js(info[0].As<Napi::Object>());
-  auto* w = new MountWorker(env, std::move(cfg), info[1].As<Napi::Function>());
+  auto* w = new MountWorker(env, std::move(cfg), info[1].As<Napi::Function>(),
+                            info[2].As<Napi::Function>());
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -155,17 +159,24 @@ MountHandle::MountHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Moun
 
 MountHandle::~MountHandle() = default;
 
-void MountHandle::Attach(std::shared_ptr<Session> session, Napi::Function on_closed) {
+void MountHandle::Attach(std::shared_ptr<Session> session, Napi::Function on_closed,
+                         Napi::Function on_events) {
   session_ = std::move(session);
   Napi::Env env = on_closed.Env();
   // Calls on_closed on the JavaScript thread once the session has ended.
   tsfn_ = Napi::ThreadSafeFunction::New(env, on_closed, "fusekit.closed", 0, 1);
   tsfn_live_ = true;
+  // Event batches: a bounded queue that never keeps the process alive; a full queue drops.
+  events_tsfn_ = Napi::ThreadSafeFunction::New(env, on_events, "fusekit.events", 64, 1);
+  events_tsfn_.Unref(env);
   std::weak_ptr<Session> weak = session_;
   Napi::ThreadSafeFunction tsfn = tsfn_;
-  session_->set_on_closed([tsfn, weak]() mutable {
+  Napi::ThreadSafeFunction etsfn = events_tsfn_;
+  if (session_->events().audit() != AuditMode::Off) StartEvents();
+  session_->set_on_closed([tsfn, etsfn, weak]() mutable {
     std::lock_guard<std::mutex> g(js_mutex());
     if (!g_js_alive) return;
+    etsfn.Release();  // the event flusher has stopped before the session reports its end
     tsfn.BlockingCall([weak](Napi::Env env, Napi::Function cb) {
       if (auto s = weak.lock()) {
         std::lock_guard<std::mutex> g(registry_mutex());
@@ -181,6 +192,66 @@ void MountHandle::Attach(std::shared_ptr<Session> session, Napi::Function on_clo
     });
     tsfn.Release();
   });
+}
+
+void MountHandle::StartEvents() {
+  Napi::ThreadSafeFunction tsfn = events_tsfn_;
+  session_->start_events([tsfn](std::vector<Event>&& batch) mutable -> bool {
+    auto* b = new std::vector<Event>(std::move(batch));
+    auto deliver = [](Napi::Env env, Napi::Function cb, std::vector<Event>* b) {
+      Napi::Array arr = Napi::Array::New(env, b->size());
+      for (size_t i = 0; i < b->size(); i++) {
+        const Event& e = (*b)[i];
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("kind", Napi::String::New(env, e.audit ? "audit" : "trace"));
+        o.Set("time", Napi::Number::New(env, static_cast<double>(e.time_ns) / 1e6));
+        o.Set("op", Napi::String::New(env, op_name(e.op)));
+        o.Set("path", Napi::String::New(env, e.path));
+        if (!e.path2.empty()) o.Set("path2", Napi::String::New(env, e.path2));
+        o.Set("uid", Napi::Number::New(env, e.uid));
+        o.Set("gid", Napi::Number::New(env, e.gid));
+        o.Set("pid", Napi::Number::New(env, e.pid));
+        o.Set("result", e.err ? Napi::Value(Napi::String::New(env, errno_name(e.err)))
+                              : Napi::Value(Napi::Number::New(env, 0)));
+        o.Set("denied", Napi::Boolean::New(env, e.denied));
+        o.Set("latencyNs", Napi::Number::New(env, static_cast<double>(e.latency_ns)));
+        arr.Set(i, o);
+      }
+      delete b;
+      try {
+        cb.Call({arr});
+      } catch (const Napi::Error&) {
+      }
+    };
+    if (tsfn.NonBlockingCall(b, deliver) != napi_ok) {
+      delete b;  // the consumer is behind: drop this batch (counted by the bus)
+      return false;
+    }
+    return true;
+  });
+}
+
+// setTrace({ enabled, sample, ops, errorsOnly })
+Napi::Value MountHandle::SetTrace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "trace config");
+  Napi::Object o = info[0].As<Napi::Object>();
+  TraceConfig t;
+  t.enabled = o.Get("enabled").ToBoolean();
+  if (o.Get("sample").IsNumber()) t.sample = o.Get("sample").As<Napi::Number>().Uint32Value();
+  t.errors_only = o.Get("errorsOnly").ToBoolean();
+  if (o.Get("ops").IsArray()) {
+    Napi::Array ops = o.Get("ops").As<Napi::Array>();
+    t.ops = 0;
+    for (uint32_t i = 0; i < ops.Length(); i++) {
+      std::string n = ops.Get(i).ToString();
+      for (size_t k = 0; k < static_cast<size_t>(Op::Count); k++)
+        if (n == op_name(static_cast<Op>(k))) t.ops |= 1ULL << k;
+    }
+  }
+  session_->events().set_trace(t);
+  if (t.enabled) StartEvents();
+  return env.Undefined();
 }
 
 Napi::Value MountHandle::Unmount(const Napi::CallbackInfo& info) {
@@ -225,6 +296,10 @@ Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
   pt.Set("failures", num(static_cast<double>(st.passthrough_failures.load())));
   o.Set("passthrough", pt);
   o.Set("inodes", num(static_cast<double>(session_->fs().inode_count())));
+  Napi::Object ev = Napi::Object::New(env);
+  ev.Set("recorded", num(static_cast<double>(session_->events().recorded.load())));
+  ev.Set("dropped", num(static_cast<double>(session_->events().dropped.load())));
+  o.Set("events", ev);
   return o;
 }
 

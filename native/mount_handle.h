@@ -22,7 +22,8 @@ class MountHandle : public Napi::ObjectWrap<MountHandle> {
   explicit MountHandle(const Napi::CallbackInfo& info);
   ~MountHandle() override;
 
-  void Attach(std::shared_ptr<Session> session, Napi::Function on_closed);
+  void Attach(std::shared_ptr<Session> session, Napi::Function on_closed,
+              Napi::Function on_events);
 
  private:
   Napi::Value Unmount(const Napi::CallbackInfo& info);
@@ -30,9 +31,12 @@ class MountHandle : public Napi::ObjectWrap<MountHandle> {
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Ref(const Napi::CallbackInfo& info);
   Napi::Value Unref(const Napi::CallbackInfo& info);
+  Napi::Value SetTrace(const Napi::CallbackInfo& info);
+  void StartEvents();
 
   std::shared_ptr<Session> session_;
   Napi::ThreadSafeFunction tsfn_;
+  Napi::ThreadSafeFunction events_tsfn_;
   bool tsfn_live_ = false;
 };
 

@@ -10,11 +10,6 @@
 
 namespace fusekit {
 
-namespace {
-// An open with one of these cannot double as the inode's shared backing file.
-constexpr int kNotShareable = O_APPEND | O_DIRECT | O_SYNC | O_DSYNC | O_PATH;
-}  // namespace
-
 int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd, int flags,
                       fuse_file_info* fi) {
   auto* h = new FileHandle;
@@ -26,15 +21,12 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   std::lock_guard<std::mutex> g(in->m);
   if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
     if (!in->backing_id) {
-      int bfd = fd;
-      bool own = false;
-      if ((flags & kNotShareable) || (flags & O_ACCMODE) == O_WRONLY) {
-        bfd = sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY);
-        own = bfd >= 0;
-      }
+      // Always a description of its own, never the open's: flock() locks live on the open's
+      // description, and one shared with the backing file would outlive the open's close.
+      int bfd = sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY);
       if (bfd >= 0) {
         int id = session_->backing_open(bfd);
-        if (own) close(bfd);  // the kernel keeps its own reference
+        close(bfd);  // the kernel keeps its own reference
         if (id > 0) {
           in->backing_id = id;
           in->backing_writable = want_write;

@@ -25,9 +25,7 @@ RealState::~RealState() {
   for (auto& d : lowers) close(d.fd);
 }
 
-OvInode::~OvInode() {
-  if (parent && store) store->unref(parent, 1);
-}
+OvInode::~OvInode() = default;
 
 OverlayFs::Found::~Found() {
   if (fd >= 0) close(fd);
@@ -410,7 +408,7 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
         }
       }
     }
-    std::lock_guard<std::mutex> g(names_m_);
+    std::lock_guard<std::mutex> g(store_.names_m);
     in->removed = false;
   }
   e->ino = in->nodeid;
@@ -428,6 +426,7 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
 int OverlayFs::fill_attr(OvInode* in, const RealState& s, struct stat* st) {
   if (fstatat(s.fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   st->st_ino = ino_map_->map(static_cast<dev_t>(in->key.dev), in->key.ino);
+  cfg_.idmap.to_outside(st);
   if (S_ISDIR(st->st_mode)) {
     if (!s.lowers.empty()) st->st_nlink = merged_dir_nlink(in, s);
   } else if (in->indexed) {
@@ -456,8 +455,8 @@ int OverlayFs::lookup(Request&, fuse_ino_t parent, const char* name, fuse_entry_
   if (is_dot_or_dotdot(name)) {
     OvInode* target = dir;
     if (name[1] == '.') {
-      std::lock_guard<std::mutex> g(names_m_);
-      if (dir->parent) target = dir->parent;
+      std::lock_guard<std::mutex> g(store_.names_m);
+      if (dir->parent) target = dir->ov_parent();
     }
     store_.ref(target->key);
     e->ino = target->nodeid;
@@ -503,8 +502,10 @@ int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set,
       hfd = -1;
   }
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
-    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
-    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    uid_t uid = static_cast<uid_t>(-1);
+    gid_t gid = static_cast<gid_t>(-1);
+    if ((to_set & FUSE_SET_ATTR_UID) && !cfg_.idmap.uid_in(attr->st_uid, &uid)) return EINVAL;
+    if ((to_set & FUSE_SET_ATTR_GID) && !cfg_.idmap.gid_in(attr->st_gid, &gid)) return EINVAL;
     if (fchownat(s->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
@@ -651,6 +652,11 @@ int OverlayFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* 
   if (!has_upper_) return EROFS;
   OvInode* in = inode(ino);
   if (int err = copy_up(in)) return err;
+  if (IdMap::is_acl_xattr(name) && !cfg_.idmap.identity()) {
+    std::string v(value, size);
+    if (!cfg_.idmap.map_acl(v.data(), v.size(), false)) return EINVAL;
+    return sys::setxattr_fd(in->state()->fd, name, v.data(), size, flags) == 0 ? 0 : errno;
+  }
   return sys::setxattr_fd(in->state()->fd, name, value, size, flags) == 0 ? 0 : errno;
 }
 
@@ -662,6 +668,7 @@ int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
   ssize_t n = sys::getxattr_fd(s->fd, name, size ? value->data() : nullptr, size);
   if (n < 0) return errno;
   *len = static_cast<size_t>(n);
+  if (size && IdMap::is_acl_xattr(name)) cfg_.idmap.map_acl(value->data(), *len, true);
   return 0;
 }
 
@@ -756,6 +763,7 @@ int OverlayFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_file_in
               static_cast<unsigned>(mask), out) != 0)
     return errno;
   out->stx_ino = ino_map_->map(static_cast<dev_t>(in->key.dev), in->key.ino);
+  cfg_.idmap.to_outside(out);
   struct stat st;
   if (fill_attr(in, *s, &st) == 0) out->stx_nlink = static_cast<uint32_t>(st.st_nlink);
   *timeout = cfg_.attr_timeout;

@@ -82,11 +82,7 @@ struct OvInode : Inode {
   mutable std::mutex state_m;
   std::shared_ptr<const RealState> state_;
 
-  InodeStore* store = nullptr;
-  // Position in the merged namespace, for copy-up (guarded by OverlayFs::names_m_). The parent
-  // carries a lookup reference taken by this inode.
-  OvInode* parent = nullptr;
-  std::string name;
+  OvInode* ov_parent() const { return static_cast<OvInode*>(parent); }
 
   std::mutex copy_m;  // serialises copy-up of this object
 
@@ -166,6 +162,7 @@ class OverlayFs : public Filesystem {
             double* timeout) override;
 
   size_t inode_count() const override { return store_.size(); }
+  std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
 
   // --- used by the overlay's own translation units (copy-up, directories)
   // The merged lookup of one name under a directory.
@@ -195,6 +192,9 @@ class OverlayFs : public Filesystem {
   // Copy-up (overlay_copyup.cc). data=false copies metadata only (open with O_TRUNC).
   int copy_up(OvInode* in, bool data = true);
   int copy_up_object(OvInode* in, OvInode* parent, const std::string& name, bool data);
+  // Copy-up of `in` as the name dir/name: a lower hard link (one inode under several names) also
+  // gets this name linked into the upper layer (overlay_ns.cc).
+  int copy_up_alias(OvInode* in, OvInode* dir, const char* name);
   int copy_meta(int src_path_fd, int dst_fd, int dst_dirfd, const char* dst_name,
                 const struct stat& st);
   int copy_data(int src, int dst, const struct stat& st);
@@ -230,7 +230,6 @@ class OverlayFs : public Filesystem {
   bool passthrough_ = false;
 
   std::mutex ns_m_;       // serialises multi-step changes of the merged namespace
-  std::mutex names_m_;    // guards OvInode::parent/name
   std::atomic<uint64_t> temp_counter_{0};
 };
 

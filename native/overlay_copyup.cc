@@ -108,7 +108,11 @@ bool OverlayFs::decode_origin(const std::string& fb, InodeKey* key, uint32_t* lo
     h.fh.handle_bytes = static_cast<unsigned>(fid_len);
     h.fh.handle_type = type;
     memcpy(h.fh.f_handle, fid, fid_len);
-    int fd = open_by_handle_at(l.fd, &h.fh, O_PATH | O_CLOEXEC);
+    // open_by_handle_at() refuses an O_PATH mount descriptor (EBADF): use a real one.
+    int mfd = openat(l.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (mfd < 0) continue;
+    int fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_CLOEXEC);
+    close(mfd);
     if (fd < 0) continue;  // a layer on another filesystem with the same (missing) uuid
     struct stat st;
     bool ok = fstat(fd, &st) == 0;
@@ -207,8 +211,8 @@ int OverlayFs::copy_up(OvInode* in, bool data) {
   OvInode* parent;
   std::string name;
   {
-    std::lock_guard<std::mutex> n(names_m_);
-    parent = in->parent;
+    std::lock_guard<std::mutex> n(store_.names_m);
+    parent = in->ov_parent();
     name = in->name;
     if (!parent) return EIO;
     store_.ref(parent->key);

@@ -132,8 +132,8 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
     entries.push_back({".", DT_DIR, st.st_ino});
     OvInode* parent;
     {
-      std::lock_guard<std::mutex> n(names_m_);
-      parent = dir->parent ? dir->parent : dir;
+      std::lock_guard<std::mutex> n(store_.names_m);
+      parent = dir->parent ? dir->ov_parent() : dir;
     }
     struct stat pst;
     uint64_t pino = ino_map_->map(static_cast<dev_t>(parent->key.dev), parent->key.ino);
@@ -157,6 +157,15 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
                                                                    .entry_timeout = 0},
                                   next)
                    : out.add(e.name.c_str(), st, next);
+    } else if (!session_->policy().empty() &&
+               session_->policy().denied(session_->path_for(ino, e.name.c_str()))) {
+      // A denied entry is listed without attributes: the kernel's own lookup is refused.
+      struct stat st {};
+      st.st_mode = DTTOIF(e.type);
+      st.st_ino = e.ino;  // an entry with inode number 0 would be skipped by readdir(3)
+      fuse_entry_param fe{};
+      fe.attr = st;
+      added = out.add_plus(e.name.c_str(), fe, next);
     } else {
       fuse_entry_param fe{};
       if (do_lookup(dir, e.name.c_str(), &fe) != 0) continue;  // gone since the snapshot

@@ -69,9 +69,11 @@ int OverlayFs::create_object(const Request& r, OvInode* dir, const char* name, m
   if (!has_upper_) return EROFS;
   if (int err = copy_up(dir)) return err;
   auto ds = dir->state();
+  uint32_t uid, gid;
+  if (!cfg_.idmap.creator(r.uid, r.gid, &uid, &gid)) return EOVERFLOW;
   int r1;
   {
-    CallerCreds c(r.uid, r.gid, r.umask);
+    CallerCreds c(uid, gid, r.umask);
     if (c.error()) return c.error();
     r1 = mk(c, ds->fd, name);
   }
@@ -86,7 +88,7 @@ int OverlayFs::create_object(const Request& r, OvInode* dir, const char* name, m
   // Over a whiteout: build the object in the work dir, then swap it in atomically.
   const std::string tmp = temp_name();
   {
-    CallerCreds c(r.uid, r.gid, r.umask);
+    CallerCreds c(uid, gid, r.umask);
     if (c.error()) return c.error();
     if (mk(c, tmp_fd_, tmp.c_str()) != 0) return errno;
   }
@@ -199,8 +201,10 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
   auto ds = dir->state();
   int flags = (fi->flags | O_TMPFILE) & ~(O_CREAT | O_NOFOLLOW | O_NOCTTY);
   int fd;
+  uint32_t uid, gid;
+  if (!cfg_.idmap.creator(r.uid, r.gid, &uid, &gid)) return EOVERFLOW;
   {
-    CallerCreds c(r.uid, r.gid, r.umask);
+    CallerCreds c(uid, gid, r.umask);
     if (c.error()) return c.error();
     fd = openat(ds->fd, ".", flags | O_CLOEXEC, c.mask_mode(mode & 07777));
     if (fd < 0) return errno;
@@ -266,44 +270,73 @@ int OverlayFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* 
   return do_lookup(dir, newname, e);
 }
 
+int OverlayFs::copy_up_alias(OvInode* in, OvInode* dir, const char* name) {
+  if (!S_ISREG(in->type)) return copy_up(in);
+  if (int err = copy_up(dir)) return err;
+  std::lock_guard<std::mutex> g(in->copy_m);
+  auto s = in->state();
+  // Not copied up yet: under this name (the inode's recorded name is just one of its names).
+  if (!s->in_upper) return copy_up_object(in, dir, name, true);
+  if (!in->indexed) return 0;
+  auto ds = dir->state();
+  struct stat st;
+  if (fstatat(ds->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) return 0;
+  if (errno != ENOENT) return errno;
+  if (linkat(s->fd, "", ds->fd, name, AT_EMPTY_PATH) != 0) return errno;
+  set_nlink_diff(in, in->nlink_diff - 1);  // one more real link, the same merged count
+  mark_impure(dir);
+  return 0;
+}
+
 int OverlayFs::unlink(Request&, fuse_ino_t parent, const char* name) {
   if (!has_upper_) return EROFS;
   OvInode* dir = inode(parent);
   std::lock_guard<std::mutex> g(ns_m_);
-  auto ds = dir->state();
-  Found f;
-  if (int err = resolve(*ds, name, &f)) return err;
-  if (!f.exists) return ENOENT;
-  if (S_ISDIR(f.st.st_mode)) return EISDIR;
-  OvInode* victim = find_inode(key_for(f));
-  const bool upper_name = f.layer == 0;
-  int err = 0;
-  if (upper_name) {
-    bool lower = false;
-    name_in_lowers(*ds, name, &lower);
-    if (lower) {
-      const std::string tmp = temp_name();
-      if (renameat2(ds->fd, name, tmp_fd_, tmp.c_str(), RENAME_WHITEOUT) != 0)
+  for (int pass = 0;; pass++) {
+    auto ds = dir->state();
+    Found f;
+    if (int err = resolve(*ds, name, &f)) return err;
+    if (!f.exists) return ENOENT;
+    if (S_ISDIR(f.st.st_mode)) return EISDIR;
+    OvInode* victim = find_inode(key_for(f));
+    if (pass == 0 && victim && f.layer != 0 && S_ISREG(f.st.st_mode) &&
+        (f.from_index || f.st.st_nlink > 1)) {
+      // A lower hard link keeps its other names: as the kernel does, copy it up (through the index)
+      // under this name first, so that removing it is an upper unlink and the count stays right.
+      int err = copy_up_alias(victim, dir, name);
+      store_.unref(victim, 1);
+      if (err) return err;
+      continue;
+    }
+    const bool upper_name = f.layer == 0;
+    int err = 0;
+    if (upper_name) {
+      bool lower = false;
+      name_in_lowers(*ds, name, &lower);
+      if (lower) {
+        const std::string tmp = temp_name();
+        if (renameat2(ds->fd, name, tmp_fd_, tmp.c_str(), RENAME_WHITEOUT) != 0)
+          err = errno;
+        else
+          unlinkat(tmp_fd_, tmp.c_str(), 0);
+      } else if (unlinkat(ds->fd, name, 0) != 0) {
         err = errno;
-      else
-        unlinkat(tmp_fd_, tmp.c_str(), 0);
-    } else if (unlinkat(ds->fd, name, 0) != 0) {
-      err = errno;
+      }
+    } else {
+      err = copy_up(dir);
+      if (!err && mknodat(dir->state()->fd, name, S_IFCHR, makedev(0, 0)) != 0) err = errno;
     }
-  } else {
-    err = copy_up(dir);
-    if (!err && mknodat(dir->state()->fd, name, S_IFCHR, makedev(0, 0)) != 0) err = errno;
-  }
-  if (!err && victim) {
-    if (victim->indexed) {
-      // The merged count drops; the real one only if an upper link went.
-      if (!upper_name) set_nlink_diff(victim, victim->nlink_diff - 1);
-    } else if (!upper_name) {
-      victim->removed = true;
+    if (!err && victim) {
+      if (victim->indexed) {
+        // The merged count drops; the real one only if an upper link went.
+        if (!upper_name) set_nlink_diff(victim, victim->nlink_diff - 1);
+      } else if (!upper_name) {
+        victim->removed = true;
+      }
     }
+    if (victim) store_.unref(victim, 1);
+    return err;
   }
-  if (victim) store_.unref(victim, 1);
-  return err;
 }
 
 int OverlayFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
@@ -411,11 +444,22 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
     release();
     return EXDEV;
   }
-  if ((err = copy_up(d1)) || (err = copy_up(d2)) || (err = copy_up(src)) ||
-      (exchange && (err = copy_up(dst)))) {
+  // A lower hard link being moved, swapped or replaced is copied up under that very name.
+  auto lower_link = [&](OvInode* in) {
+    if (!S_ISREG(in->type)) return false;
+    if (in->indexed) return true;
+    auto s = in->state();
+    struct stat st;
+    return !s->in_upper && fstatat(s->fd, "", &st, AT_EMPTY_PATH) == 0 && st.st_nlink > 1;
+  };
+  if ((err = copy_up(d1)) || (err = copy_up(d2)) || (err = copy_up_alias(src, d1, name)) ||
+      (exchange && (err = copy_up_alias(dst, d2, newname))) ||
+      (dst && !exchange && lower_link(dst) && (err = copy_up_alias(dst, d2, newname)))) {
     release();
     return err;
   }
+  // An upper object's real link count stays right when one of its names is replaced.
+  const bool dst_in_upper = dst && dst->state()->in_upper;
   auto set_redirect = [&](OvInode* in, const std::string& lower_path) {
     if (lower_path.empty()) return 0;
     auto s = in->state();
@@ -473,24 +517,14 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
     remove_work_tree(moved_dst.c_str());
   }
   if (!err) {
-    auto move = [&](OvInode* in, OvInode* to, const char* n) {
-      OvInode* old;
-      store_.ref(to->key);
-      {
-        std::lock_guard<std::mutex> gn(names_m_);
-        old = in->parent;
-        in->parent = to;
-        in->name = n;
-      }
-      if (old) store_.unref(old, 1);
-    };
+    auto move = [&](OvInode* in, OvInode* to, const char* n) { store_.set_name(in, to, n); };
     move(src, d2, newname);
     if (exchange) {
       move(dst, d1, name);
     } else if (dst) {
       if (dst->indexed) {
         if (!dst->state()->in_upper) set_nlink_diff(dst, dst->nlink_diff - 1);
-      } else {
+      } else if (!dst_in_upper) {
         dst->removed = true;
       }
     }

@@ -98,6 +98,7 @@ std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Err
   }
   auto* root = new Inode;
   root->fd = fd;
+  root->store = &fs->store_;
   root->type = S_IFDIR;
   root->key = {static_cast<uint64_t>(st.st_dev), st.st_ino};
   fs->store_.set_root(root);
@@ -136,6 +137,7 @@ void PassthroughFs::destroy() { locks_.shutdown(); }
 
 void PassthroughFs::map_attr(struct stat* st) const {
   st->st_ino = ino_map_->map(st->st_dev, st->st_ino);
+  cfg_.idmap.to_outside(st);
 }
 
 void PassthroughFs::fill_entry(Inode* in, const struct stat& st, fuse_entry_param* e) const {
@@ -169,6 +171,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
       return err;
     }
     bool created = false;
+    store_.ref(dir->key);  // the new inode's reference on its parent
     try {
       in = store_.ref_or_insert(
           {static_cast<uint64_t>(st.st_dev), st.st_ino},
@@ -176,14 +179,21 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
             auto* n = new Inode;
             n->fd = fd;
             n->type = st.st_mode & S_IFMT;
+            n->store = &store_;
+            n->parent = dir;
+            n->name = name;
             return n;
           },
           &created);
     } catch (const std::bad_alloc&) {
+      store_.unref(dir, 1);
       close(fd);
       return ENOMEM;
     }
-    if (!created) close(fd);
+    if (!created) {
+      store_.unref(dir, 1);
+      close(fd);
+    }
   }
   fill_entry(in, st, e);
   return 0;
@@ -261,8 +271,10 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
   FileHandle* h = fi ? fh(fi) : nullptr;
   // Owner first: chown clears setuid/setgid, an explicit mode in the same call sets them again.
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
-    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : static_cast<uid_t>(-1);
-    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : static_cast<gid_t>(-1);
+    uid_t uid = static_cast<uid_t>(-1);
+    gid_t gid = static_cast<gid_t>(-1);
+    if ((to_set & FUSE_SET_ATTR_UID) && !cfg_.idmap.uid_in(attr->st_uid, &uid)) return EINVAL;
+    if ((to_set & FUSE_SET_ATTR_GID) && !cfg_.idmap.gid_in(attr->st_gid, &gid)) return EINVAL;
     if (fchownat(in->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
@@ -318,8 +330,10 @@ int PassthroughFs::make_node(const Request& r, Inode* dir, const char* name, fus
                              const std::function<int(const CallerCreds&)>& mk) {
   if (cfg_.read_only) return EROFS;
   if (int err = check_dir(dir)) return err;
+  uint32_t uid, gid;
+  if (!cfg_.idmap.creator(r.uid, r.gid, &uid, &gid)) return EOVERFLOW;
   {
-    CallerCreds creds(r.uid, r.gid, r.umask);
+    CallerCreds creds(uid, gid, r.umask);
     if (creds.error()) return creds.error();
     if (mk(creds) != 0) return errno;
   }
@@ -372,7 +386,19 @@ int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_in
   Inode* d2 = inode(newparent);
   if (int err = check_dir(d1)) return err;
   if (int err = check_dir(d2)) return err;
-  return syscall(SYS_renameat2, d1->fd, name, d2->fd, newname, flags) == 0 ? 0 : errno;
+  if (syscall(SYS_renameat2, d1->fd, name, d2->fd, newname, flags) != 0) return errno;
+  // Keep the recorded names (path rules, events) in step with the move.
+  auto renamed = [&](Inode* dir, const char* n) {
+    struct stat st;
+    if (fstatat(dir->fd, n, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+    if (Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
+      store_.set_name(in, dir, n);
+      store_.unref(in, 1);
+    }
+  };
+  renamed(d2, newname);
+  if (flags & RENAME_EXCHANGE) renamed(d1, name);
+  return 0;
 }
 
 int PassthroughFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* newname,
@@ -403,7 +429,8 @@ int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   return err;
 }
 
-int PassthroughFs::adopt(int fd, bool keep_fd, fuse_entry_param* e) {
+int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name,
+                         fuse_entry_param* e) {
   struct stat st;
   if (fstat(fd, &st) != 0) return errno;
   InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
@@ -414,16 +441,25 @@ int PassthroughFs::adopt(int fd, bool keep_fd, fuse_entry_param* e) {
     int pfd = keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH);
     if (pfd < 0) return errno;
     bool created = false;
+    if (name) store_.ref(dir->key);
     in = store_.ref_or_insert(
         key,
         [&] {
           auto* n = new Inode;
           n->fd = pfd;
           n->type = st.st_mode & S_IFMT;
+          n->store = &store_;
+          if (name) {
+            n->parent = dir;
+            n->name = name;
+          }
           return n;
         },
         &created);
-    if (!created) close(pfd);
+    if (!created) {
+      if (name) store_.unref(dir, 1);
+      close(pfd);
+    }
   }
   fill_entry(in, st, e);
   return 0;
@@ -438,8 +474,10 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
   int flags = (fi->flags | O_CREAT | O_NOFOLLOW) & ~O_NOCTTY;
   if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
   int fd;
+  uint32_t cuid, cgid;
+  if (!cfg_.idmap.creator(r.uid, r.gid, &cuid, &cgid)) return EOVERFLOW;
   {
-    CallerCreds creds(r.uid, r.gid, r.umask);
+    CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
     fd = openat(dir->fd, name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
     if (fd < 0 && errno == EACCES && (fi->flags & O_ACCMODE) == O_WRONLY) {
@@ -449,7 +487,7 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
     if (fd < 0) return errno;
   }
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
-  int err = adopt(fd, false, e);
+  int err = adopt(fd, false, dir, name, e);
   if (!err) {
     err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped, fi);
     if (err) forget(e->ino, 1);
@@ -465,13 +503,15 @@ int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file
   if (int err = check_dir(dir)) return err;
   int flags = (fi->flags | O_TMPFILE) & ~(O_CREAT | O_NOFOLLOW | O_NOCTTY);
   int fd;
+  uint32_t cuid, cgid;
+  if (!cfg_.idmap.creator(r.uid, r.gid, &cuid, &cgid)) return EOVERFLOW;
   {
-    CallerCreds creds(r.uid, r.gid, r.umask);
+    CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
     fd = openat(dir->fd, ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
     if (fd < 0) return errno;
   }
-  int err = adopt(fd, true, e);
+  int err = adopt(fd, true, dir, nullptr, e);
   if (!err) {
     err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd,
                          flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
@@ -579,6 +619,13 @@ int PassthroughFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_fil
       e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
       e.attr.st_mode = DTTOIF(de->d_type);
       added = out.add_plus(de->d_name, e, de->d_off);
+    } else if (!session_->policy().empty() &&
+               session_->policy().denied(session_->path_for(ino, de->d_name))) {
+      // A denied entry is listed without attributes: the kernel's own lookup is refused.
+      fuse_entry_param e{};
+      e.attr.st_mode = DTTOIF(de->d_type);
+      e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
+      added = out.add_plus(de->d_name, e, de->d_off);
     } else {
       fuse_entry_param e{};
       // An entry removed since getdents is simply skipped.
@@ -613,6 +660,11 @@ int PassthroughFs::statfs(Request&, fuse_ino_t ino, struct statvfs* out) {
 int PassthroughFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* value,
                             size_t size, int flags) {
   if (cfg_.read_only) return EROFS;
+  if (IdMap::is_acl_xattr(name) && !cfg_.idmap.identity()) {
+    std::string v(value, size);
+    if (!cfg_.idmap.map_acl(v.data(), v.size(), false)) return EINVAL;
+    return sys::setxattr_fd(inode(ino)->fd, name, v.data(), size, flags) == 0 ? 0 : errno;
+  }
   return sys::setxattr_fd(inode(ino)->fd, name, value, size, flags) == 0 ? 0 : errno;
 }
 
@@ -622,6 +674,7 @@ int PassthroughFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t s
   ssize_t n = sys::getxattr_fd(inode(ino)->fd, name, size ? value->data() : nullptr, size);
   if (n < 0) return errno;
   *len = static_cast<size_t>(n);
+  if (size && IdMap::is_acl_xattr(name)) cfg_.idmap.map_acl(value->data(), *len, true);
   return 0;
 }
 
@@ -706,6 +759,7 @@ int PassthroughFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_fil
               static_cast<unsigned>(mask), out) != 0)
     return errno;
   out->stx_ino = ino_map_->map(makedev(out->stx_dev_major, out->stx_dev_minor), out->stx_ino);
+  cfg_.idmap.to_outside(out);
   *timeout = cfg_.attr_timeout;
   return 0;
 }

@@ -88,6 +88,7 @@ class PassthroughFs : public Filesystem {
             double* timeout) override;
 
   size_t inode_count() const override { return store_.size(); }
+  std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
 
  private:
   explicit PassthroughFs(const MountConfig& cfg) : cfg_(cfg) {}
@@ -97,7 +98,7 @@ class PassthroughFs : public Filesystem {
   int do_lookup(Inode* dir, const char* name, fuse_entry_param* e);
   int lookup_dot(Inode* dir, const char* name, fuse_entry_param* e);
   // Adopts an already-open descriptor of a new file as an inode (create, tmpfile).
-  int adopt(int fd, bool keep_fd, fuse_entry_param* e);
+  int adopt(int fd, bool keep_fd, Inode* dir, const char* name, fuse_entry_param* e);
   void fill_entry(Inode* in, const struct stat& st, fuse_entry_param* e) const;
   void map_attr(struct stat* st) const;
   // ENOENT once a directory has been moved out of the source (its ".." is unreachable).

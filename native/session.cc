@@ -61,13 +61,18 @@ uint64_t now_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// One request on its way through: who asked, when, and the reply helpers that record statistics.
+// One request on its way through: who asked, when, what it names, and the reply helpers that
+// record statistics and events. Names and paths an event needs are captured before the reply:
+// afterwards the request's buffer (an io_uring ring entry) may already hold the next request.
 struct Dispatch {
   Session* s;
   fuse_req_t req;
   Op op;
   uint64_t t0;
   Request r;
+  bool denied = false;
+  bool capture = false;  // events are on: keep the paths
+  std::string path, path2;
 
   Dispatch(fuse_req_t q, Op o)
       : s(static_cast<Session*>(fuse_req_userdata(q))), req(q), op(o), t0(now_ns()) {
@@ -75,9 +80,56 @@ struct Dispatch {
     r = Request{q, c->uid, c->gid, c->pid, c->umask};
     (fuse_req_is_uring(q) ? s->stats().uring_requests : s->stats().dev_requests)
         .fetch_add(1, std::memory_order_relaxed);
+    capture = s->events().active();
   }
   Filesystem& fs() { return s->fs(); }
-  void done(int err) { s->stats().record(op, err, now_ns() - t0); }
+
+  // What the operation names; only turned into paths when events are on.
+  void target(fuse_ino_t ino, const char* name = nullptr) {
+    if (capture && path.empty()) path = s->path_for(ino, name);
+  }
+  void target2(fuse_ino_t ino, const char* name = nullptr) {
+    if (capture && path2.empty()) path2 = s->path_for(ino, name);
+  }
+  // Access rules: 0, or the errno (EACCES/EROFS) the operation must fail with.
+  int check(fuse_ino_t ino, const char* name, bool write, bool second = false) {
+    if (s->policy().empty()) return 0;
+    std::string p = s->path_for(ino, name);
+    int e = s->policy().check(p, write);
+    if (second)
+      path2 = std::move(p);
+    else
+      path = std::move(p);
+    if (e) denied = true;
+    return e;
+  }
+
+  void done(int err) {
+    uint64_t ns = now_ns() - t0;
+    s->stats().record(op, err, ns);
+    if (capture) record_event(err, ns);
+  }
+  void record_event(int err, uint64_t ns) {
+    EventBus& b = s->events();
+    bool audit = (denied && b.audit() != AuditMode::Off) ||
+                 (b.audit() == AuditMode::Changes && is_change(op));
+    if (!audit && !b.wants_trace(op, err)) return;
+    Event e;
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    e.time_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + ts.tv_nsec;
+    e.latency_ns = ns;
+    e.uid = r.uid;
+    e.gid = r.gid;
+    e.pid = static_cast<uint32_t>(r.pid);
+    e.err = err;
+    e.op = op;
+    e.audit = audit;
+    e.denied = denied;
+    e.path = std::move(path);
+    e.path2 = std::move(path2);
+    b.push(std::move(e));
+  }
   void reply_err(int err) {
     fuse_reply_err(req, err);
     done(err);
@@ -151,6 +203,8 @@ void ll_destroy(void* userdata) { static_cast<Session*>(userdata)->on_destroy();
 
 void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Dispatch d(req, Op::Lookup);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, false)) return d.reply_err(err);
   fuse_entry_param e{};
   int err = d.fs().lookup(d.r, parent, name, &e);
   d.reply_entry(err, &e, true);
@@ -172,6 +226,7 @@ void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 
 void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Getattr);
+  d.target(ino);
   struct stat st;
   double timeout = 0;
   int err = d.fs().getattr(d.r, ino, fi, &st, &timeout);
@@ -182,6 +237,8 @@ void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
   Dispatch d(req, Op::Setattr);
+  d.target(ino);
+  if (int err = d.check(ino, nullptr, true)) return d.reply_err(err);
   struct stat st;
   double timeout = 0;
   int err = d.fs().setattr(d.r, ino, attr, to_set, fi, &st, &timeout);
@@ -192,6 +249,7 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
 
 void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
   Dispatch d(req, Op::Readlink);
+  d.target(ino);
   std::string target;
   int err = d.fs().readlink(d.r, ino, &target);
   if (err) return d.reply_err(err);
@@ -201,28 +259,38 @@ void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
 
 void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   Dispatch d(req, Op::Mknod);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_entry(d.fs().mknod(d.r, parent, name, mode, rdev, &e), &e, false);
 }
 
 void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   Dispatch d(req, Op::Mkdir);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_entry(d.fs().mkdir(d.r, parent, name, mode, &e), &e, false);
 }
 
 void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Dispatch d(req, Op::Unlink);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   d.reply_err(d.fs().unlink(d.r, parent, name));
 }
 
 void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Dispatch d(req, Op::Rmdir);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   d.reply_err(d.fs().rmdir(d.r, parent, name));
 }
 
 void ll_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
   Dispatch d(req, Op::Symlink);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_entry(d.fs().symlink(d.r, link, parent, name, &e), &e, false);
 }
@@ -230,29 +298,44 @@ void ll_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char*
 void ll_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                const char* newname, unsigned flags) {
   Dispatch d(req, Op::Rename);
+  d.target(parent, name);
+  d.target2(newparent, newname);
+  // Moving out of or into a protected place is a change of both.
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
+  if (int err = d.check(newparent, newname, true, true)) return d.reply_err(err);
   d.reply_err(d.fs().rename(d.r, parent, name, newparent, newname, flags));
 }
 
 void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
   Dispatch d(req, Op::Link);
+  d.target(ino);
+  d.target2(newparent, newname);
+  if (int err = d.check(newparent, newname, true, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_entry(d.fs().link(d.r, ino, newparent, newname, &e), &e, false);
 }
 
 void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Open);
+  d.target(ino);
+  bool write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+  if (int err = d.check(ino, nullptr, write)) return d.reply_err(err);
   d.reply_open(d.fs().open(d.r, ino, fi), ino, fi);
 }
 
 void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                fuse_file_info* fi) {
   Dispatch d(req, Op::Create);
+  d.target(parent, name);
+  if (int err = d.check(parent, name, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_create(d.fs().create(d.r, parent, name, mode, fi, &e), &e, fi);
 }
 
 void ll_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, fuse_file_info* fi) {
   Dispatch d(req, Op::Tmpfile);
+  d.target(parent);
+  if (int err = d.check(parent, nullptr, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_create(d.fs().tmpfile(d.r, parent, mode, fi, &e), &e, fi);
 }
@@ -301,6 +384,7 @@ void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) 
 
 void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Opendir);
+  d.target(ino);
   int err = d.fs().opendir(d.r, ino, fi);
   if (err) return d.reply_err(err);
   if (fuse_reply_open(req, fi) != 0) {
@@ -353,11 +437,14 @@ void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
 void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                  int flags) {
   Dispatch d(req, Op::Setxattr);
+  d.target(ino);
+  if (int err = d.check(ino, nullptr, true)) return d.reply_err(err);
   d.reply_err(d.fs().setxattr(d.r, ino, name, value, size, flags));
 }
 
 void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Dispatch d(req, Op::Getxattr);
+  d.target(ino);
   std::string value;
   size_t len = 0;
   int err = d.fs().getxattr(d.r, ino, name, size, &value, &len);
@@ -384,6 +471,8 @@ void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   Dispatch d(req, Op::Removexattr);
+  d.target(ino);
+  if (int err = d.check(ino, nullptr, true)) return d.reply_err(err);
   d.reply_err(d.fs().removexattr(d.r, ino, name));
 }
 
@@ -565,7 +654,20 @@ bool attached(dev_t dev) {
 }  // namespace
 
 Session::Session(MountConfig cfg, std::unique_ptr<Filesystem> fs)
-    : cfg_(std::move(cfg)), fs_(std::move(fs)) {}
+    : cfg_(std::move(cfg)), fs_(std::move(fs)), policy_(cfg_.rules) {
+  events_.set_audit(cfg_.audit == 2 ? AuditMode::Changes
+                    : cfg_.audit == 1 ? AuditMode::Denied
+                                      : AuditMode::Off);
+}
+
+std::string Session::path_for(fuse_ino_t ino, const char* name) {
+  std::string p = fs_->path_of(ino);
+  if (name && *name) {
+    if (p != "/") p += '/';
+    p += name;
+  }
+  return p;
+}
 
 Session::~Session() {
   if (thread_.joinable()) {
@@ -744,12 +846,19 @@ void Session::loop() {
   teardown();
 }
 
+void Session::start_events(EventBus::Sink sink) {
+  std::lock_guard<std::mutex> g(m_);
+  if (closed_) return;
+  events_.start(std::move(sink));
+}
+
 void Session::teardown() {
   {
     std::lock_guard<std::mutex> g(m_);
     loop_ended_ = true;
     cv_.notify_all();
   }
+  events_.stop();  // the last batch is delivered before anyone hears that the session ended
   // Detaches the mount if it is still there (libfuse first checks that the connection is alive).
   if (mounted_) fuse_session_unmount(se_);
   mounted_ = false;

@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "config.h"
+#include "events.h"
+#include "policy.h"
 #include "filesystem.h"
 #include "stats.h"
 
@@ -70,6 +72,13 @@ class Session {
   // Recent libfuse log lines (mount errors end up there).
   static std::string recent_log();
 
+  const Policy& policy() const { return policy_; }
+  EventBus& events() { return events_; }
+  // Starts delivering events (idempotent); stopped when the session ends.
+  void start_events(EventBus::Sink sink);
+  // The path an operation names: the inode's path, plus name when given.
+  std::string path_for(fuse_ino_t ino, const char* name);
+
  private:
   void loop();
   void teardown();
@@ -79,6 +88,8 @@ class Session {
   MountConfig cfg_;
   std::unique_ptr<Filesystem> fs_;
   Stats stats_;
+  Policy policy_;
+  EventBus events_;
   fuse_session* se_ = nullptr;
   std::thread thread_;
   bool mounted_ = false;
