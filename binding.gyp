@@ -22,7 +22,8 @@
         "native/policy.cc",
         "native/session.cc",
         "native/stats.cc",
-        "native/sys.cc"
+        "native/sys.cc",
+        "native/watcher.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

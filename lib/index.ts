@@ -18,7 +18,13 @@ export {
   unmountPath,
 } from './mount';
 export type { FsEvent } from './native';
-export { type AccessRule, type MountOptions, type OverlayLayers, OPTION_SPECS } from './options';
+export {
+  type AccessRule,
+  type CacheOptions,
+  type MountOptions,
+  type OverlayLayers,
+  OPTION_SPECS,
+} from './options';
 export {
   type ChangeKind,
   type EntryType,

@@ -160,6 +160,20 @@ export class Mount extends EventEmitter {
     return it as AsyncIterableIterator<FsEvent> & { readonly dropped: number };
   }
 
+  /**
+   * Makes the kernel forget what it cached about `path` (a path inside the mount, e.g. '/a/b'), or
+   * about everything. Resolves to the number of invalidations sent.
+   */
+  async invalidate(path?: string): Promise<number> {
+    if (path !== undefined && (typeof path !== 'string' || path.includes('\0')))
+      throw new FusekitError('EINVAL', 'invalidate() takes a path inside the mount');
+    try {
+      return await this.#handle.invalidate(path ?? '');
+    } catch (e) {
+      throw FusekitError.from(e);
+    }
+  }
+
   /** Keep the process alive while mounted (the default). */
   ref(): this {
     this.#handle.ref();

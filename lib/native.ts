@@ -19,6 +19,7 @@ export interface NativeConfig {
   };
   rules: { path: string; deny: boolean; readOnly: boolean }[];
   audit: 'off' | 'denied' | 'changes';
+  watch: 'off' | 'auto' | 'fanotify' | 'inotify';
   mountpoint: string;
   fsname: string;
   subtype: string;
@@ -60,6 +61,7 @@ export interface NativeStats {
   };
   inodes: number;
   events: { recorded: number; dropped: number };
+  cache: { watch: 'off' | 'fanotify' | 'inotify'; invalidations: number };
 }
 
 /** One audit or trace record. */
@@ -88,6 +90,7 @@ export interface NativeMountHandle {
   ref(): void;
   unref(): void;
   setTrace(config: { enabled: boolean; sample?: number; ops?: string[]; errorsOnly?: boolean }): void;
+  invalidate(path?: string): Promise<number>;
 }
 
 export interface NativeBinding {

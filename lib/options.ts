@@ -45,12 +45,16 @@ export interface MountOptions {
   threads?: number;
   /** io_uring queue depth per CPU (default 16). */
   uringQueueDepth?: number;
-  /** Seconds the kernel may cache names (default 1). */
+  /** Seconds the kernel may cache names (default 1; 3600 with watch). */
   entryTimeout?: number;
-  /** Seconds the kernel may cache attributes (default 1). */
+  /** Seconds the kernel may cache attributes (default 1; 3600 with watch). */
   attrTimeout?: number;
-  /** Seconds the kernel may cache "no such file" (default 0). */
+  /** Seconds the kernel may cache "no such file" (default 0; 3600 with watch). */
   negativeTimeout?: number;
+  /** Shorthand for cache.watch = true. */
+  watch?: boolean;
+  /** Kernel cache settings; these win over the top-level timeouts. */
+  cache?: CacheOptions;
   /** Let users other than the mounting one use the mount. Default false. */
   allowOther?: boolean;
   /** Filesystem name shown in /proc/mounts (default: the source path). */
@@ -81,10 +85,46 @@ export interface MountOptions {
   audit?: 'off' | 'denied' | 'changes';
 }
 
+export interface CacheOptions {
+  entryTimeout?: number;
+  attrTimeout?: number;
+  negativeTimeout?: number;
+  /**
+   * Turn changes made to the source (or any overlay layer) outside the mount into kernel cache
+   * invalidations within milliseconds, so long cache timeouts stay correct. true picks fanotify
+   * (one mark per filesystem; needs CAP_SYS_ADMIN) and falls back to inotify.
+   */
+  watch?: boolean | 'fanotify' | 'inotify';
+}
+
+/** Cache timeouts with a watcher: invalidations, not timeouts, keep the cache true. */
+export const WATCHED_TIMEOUT = 3600;
+
 export interface AccessRule {
   path: string;
   deny?: boolean;
   readOnly?: boolean;
+}
+
+function checkCache(v: unknown): CacheOptions {
+  if (v === undefined) return {};
+  if (typeof v !== 'object' || v === null) throw invalid('option cache must be an object');
+  const o = v as Record<string, unknown>;
+  const out: CacheOptions = {};
+  for (const [k, val] of Object.entries(o)) {
+    if (val === undefined) continue;
+    if (k === 'watch') {
+      if (typeof val !== 'boolean' && val !== 'fanotify' && val !== 'inotify')
+        throw invalid("cache.watch must be true, false, 'fanotify' or 'inotify'");
+      out.watch = val;
+    } else if (k === 'entryTimeout' || k === 'attrTimeout' || k === 'negativeTimeout') {
+      checkOption(k, val);
+      out[k] = val as number;
+    } else {
+      throw invalid(`unknown cache option '${k}'`);
+    }
+  }
+  return out;
 }
 
 function checkRules(v: unknown): Required<AccessRule>[] {
@@ -139,6 +179,7 @@ export const OPTION_SPECS: Record<string, Spec> = {
     integer: false,
     help: 'negative lookup cache seconds',
   },
+  watch: { kind: 'boolean', help: 'invalidate the cache when the source changes' },
   allowOther: { kind: 'boolean', help: 'allow access by other users' },
   fsname: { kind: 'string', help: 'filesystem name in /proc/mounts' },
   subtype: { kind: 'string', pattern: /^[A-Za-z0-9_.-]{1,32}$/, help: 'type shows as fuse.<subtype>' },
@@ -218,7 +259,7 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
   if (typeof options !== 'object' || options === null)
     throw invalid('mount() needs an options object');
   for (const [key, value] of Object.entries(options)) {
-    if (['source', 'mountpoint', 'overlay', 'idmap', 'rules', 'audit'].includes(key) || value === undefined)
+    if (['source', 'mountpoint', 'overlay', 'idmap', 'rules', 'audit', 'cache'].includes(key) || value === undefined)
       continue;
     checkOption(key, value);
   }
@@ -230,6 +271,12 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
   if (options.audit !== undefined && !['off', 'denied', 'changes'].includes(options.audit))
     throw invalid('option audit must be one of off, denied, changes');
   const audit = options.audit ?? (rules.length > 0 ? 'denied' : 'off');
+  const cache = checkCache(options.cache);
+  const watchOpt = cache.watch ?? options.watch ?? false;
+  const watch = watchOpt === true ? 'auto' : watchOpt === false ? 'off' : watchOpt;
+  const longCache = watch !== 'off';
+  const timeout = (k: 'entryTimeout' | 'attrTimeout' | 'negativeTimeout', plain: number): number =>
+    cache[k] ?? options[k] ?? (longCache ? WATCHED_TIMEOUT : plain);
   const source = overlay ? '' : checkPath('source', options.source);
   const mountpoint = checkPath('mountpoint', options.mountpoint);
   return {
@@ -250,9 +297,10 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
     transport: options.transport ?? 'auto',
     threads: options.threads ?? 0,
     uringQueueDepth: options.uringQueueDepth ?? 0,
-    entryTimeout: options.entryTimeout ?? 1,
-    attrTimeout: options.attrTimeout ?? 1,
-    negativeTimeout: options.negativeTimeout ?? 0,
+    entryTimeout: timeout('entryTimeout', 1),
+    attrTimeout: timeout('attrTimeout', 1),
+    negativeTimeout: timeout('negativeTimeout', 0),
+    watch,
     allowNonEmpty: options.allowNonEmpty ?? false,
   };
 }

@@ -50,6 +50,7 @@ struct MountConfig {
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
   double negative_timeout = 0.0;
+  int watch = 0;  // 0 off, 1 auto, 2 fanotify, 3 inotify
 };
 
 }  // namespace fusekit

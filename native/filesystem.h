@@ -14,6 +14,7 @@
 namespace fusekit {
 
 class Session;
+class WatchClient;
 
 // Who asked, as the kernel reported it.
 struct Request {
@@ -119,6 +120,8 @@ class Filesystem {
   virtual size_t inode_count() const = 0;
   // A path of the inode from the mount root ("/a/b"), "" if it has none (for rules and events).
   virtual std::string path_of(fuse_ino_t ino) = 0;
+  // Cache coherence: how this filesystem maps changes of its backing files to the kernel's cache.
+  virtual WatchClient* watch_client() = 0;
 };
 
 }  // namespace fusekit

@@ -61,6 +61,10 @@ struct Inode {
   std::mutex m;
   uint32_t npassthrough = 0;
   uint32_t ncached = 0;
+  uint32_t nwriters = 0;  // opens for writing through the mount
+  // Writes through the mount show up in the watcher as changes by the writing process (passthrough
+  // I/O runs in its context); each closed writer leaves one such event to ignore.
+  uint32_t own_write_events = 0;
   int backing_id = 0;
   bool backing_writable = false;
   InodeKey backing_real{};  // the real file the backing file is (overlay: changes at copy-up)

@@ -56,6 +56,8 @@ MountConfig config_from_js(const Napi::Object& o) {
   c.entry_timeout = get_number(o, "entryTimeout", 1.0);
   c.attr_timeout = get_number(o, "attrTimeout", 1.0);
   c.negative_timeout = get_number(o, "negativeTimeout", 0.0);
+  std::string watch = get_string(o, "watch", "off");
+  c.watch = watch == "auto" ? 1 : watch == "fanotify" ? 2 : watch == "inotify" ? 3 : 0;
   Napi::Value im = o.Get("idmap");
   if (im.IsObject()) {
     Napi::Object m = im.As<Napi::Object>();

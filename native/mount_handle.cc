@@ -1,5 +1,7 @@
 #include "mount_handle.h"
 
+#include <string.h>
+
 #include <mutex>
 #include <unordered_set>
 
@@ -127,6 +129,7 @@ Napi::Function MountHandle::Init(Napi::Env env) {
                                      InstanceMethod("ref", &MountHandle::Ref),
                                      InstanceMethod("unref", &MountHandle::Unref),
                                      InstanceMethod("setTrace", &MountHandle::SetTrace),
+                                     InstanceMethod("invalidate", &MountHandle::Invalidate),
                                  });
   g_ctor = new Napi::FunctionReference(Napi::Persistent(f));
   // Registered before any thread-safe function, so it runs after their cleanup hooks, while they
@@ -254,6 +257,44 @@ Napi::Value MountHandle::SetTrace(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+namespace {
+class InvalidateWorker : public Napi::AsyncWorker {
+ public:
+  InvalidateWorker(Napi::Env env, std::shared_ptr<Session> s, std::string path)
+      : Napi::AsyncWorker(env, "fusekit.invalidate"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        session_(std::move(s)),
+        path_(std::move(path)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  // Off the JavaScript thread: a notification may wait for the kernel's directory lock.
+  void Execute() override { err_ = session_->invalidate(path_, &sent_); }
+  void OnOK() override {
+    if (err_)
+      deferred_.Reject(make_error(Env(), err_, "invalidating " + (path_.empty() ? "/" : path_) +
+                                                   " failed: " + strerror(err_))
+                           .Value());
+    else
+      deferred_.Resolve(Napi::Number::New(Env(), static_cast<double>(sent_)));
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Session> session_;
+  std::string path_;
+  int err_ = 0;
+  size_t sent_ = 0;
+};
+}  // namespace
+
+// invalidate(path?): drop the kernel's cached entries/attributes for a path, or everything.
+Napi::Value MountHandle::Invalidate(const Napi::CallbackInfo& info) {
+  std::string path = info.Length() > 0 && info[0].IsString() ? info[0].ToString().Utf8Value() : "";
+  auto* w = new InvalidateWorker(info.Env(), session_, path);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 Napi::Value MountHandle::Unmount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string mode = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
@@ -300,6 +341,10 @@ Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
   ev.Set("recorded", num(static_cast<double>(session_->events().recorded.load())));
   ev.Set("dropped", num(static_cast<double>(session_->events().dropped.load())));
   o.Set("events", ev);
+  Napi::Object cache = Napi::Object::New(env);
+  cache.Set("watch", Napi::String::New(env, session_->watch_mode()));
+  cache.Set("invalidations", num(static_cast<double>(st.invalidations.load())));
+  o.Set("cache", cache);
   return o;
 }
 

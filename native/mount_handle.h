@@ -32,6 +32,7 @@ class MountHandle : public Napi::ObjectWrap<MountHandle> {
   Napi::Value Ref(const Napi::CallbackInfo& info);
   Napi::Value Unref(const Napi::CallbackInfo& info);
   Napi::Value SetTrace(const Napi::CallbackInfo& info);
+  Napi::Value Invalidate(const Napi::CallbackInfo& info);
   void StartEvents();
 
   std::shared_ptr<Session> session_;

@@ -19,6 +19,10 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   fi->direct_io = 0;
   const bool want_write = (flags & O_ACCMODE) != O_RDONLY;
   std::lock_guard<std::mutex> g(in->m);
+  if (want_write) {
+    in->nwriters++;
+    h->writer = true;
+  }
   if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
     if (!in->backing_id) {
       // Always a description of its own, never the open's: flock() locks live on the open's
@@ -51,6 +55,7 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   }
   if (in->npassthrough > 0) {
     // Cannot happen while the counts mirror the kernel's; refuse rather than break the inode.
+    if (h->writer) in->nwriters--;
     delete h;
     fi->fh = 0;
     return EBUSY;
@@ -66,6 +71,10 @@ void OpenFiles::detach(Inode* in, FileHandle* h) {
   {
     std::lock_guard<std::mutex> g(in->m);
     int backing = 0;
+    if (h->writer) {
+      in->nwriters--;
+      in->own_write_events++;
+    }
     if (h->kind == FileHandle::Cached) {
       in->ncached--;
     } else if (--in->npassthrough == 0 && in->backing_id) {

@@ -21,7 +21,20 @@ struct FileHandle {
   enum Kind : uint8_t { Cached, Passthrough, Direct };
   int fd = -1;
   Kind kind = Cached;
+  bool writer = false;
 };
+
+// Whether a data change the watcher saw is the mount's own: the file is being written through
+// the mount, or a writer through the mount closed it and this is that close's event.
+inline bool written_through_mount(Inode* in) {
+  std::lock_guard<std::mutex> g(in->m);
+  if (in->nwriters > 0) return true;
+  if (in->own_write_events > 0) {
+    in->own_write_events--;
+    return true;
+  }
+  return false;
+}
 
 inline FileHandle* file_handle(fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(fi->fh);

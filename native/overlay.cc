@@ -231,6 +231,113 @@ void OverlayFs::init(Session* session, fuse_conn_info* conn) {
 
 void OverlayFs::destroy() { locks_.shutdown(); }
 
+// ---- cache coherence
+
+std::vector<int> OverlayFs::watch_roots() {
+  std::vector<int> out;
+  for (auto& l : layers_) out.push_back(l.fd);
+  return out;
+}
+
+void OverlayFs::note_reals(const InodeKey& key, const RealState& s) {
+  if (!cfg_.watch) return;
+  std::vector<InodeKey> reals{s.real};
+  for (auto& d : s.lowers) {
+    struct stat st;
+    if (fstat(d.fd, &st) == 0) reals.push_back({static_cast<uint64_t>(st.st_dev), st.st_ino});
+  }
+  std::lock_guard<std::mutex> g(realmap_m_);
+  for (auto& r : reals) {
+    auto range = realmap_.equal_range(r);
+    bool present = false;
+    for (auto it = range.first; it != range.second; ++it) present |= it->second == key;
+    if (!present) realmap_.emplace(r, key);
+  }
+}
+
+void OverlayFs::changed(const InodeKey* dir, const char* name, const InodeKey* obj,
+                        bool data_only, Invalidations* out) {
+  auto owners = [&](const InodeKey& real) {
+    std::vector<InodeKey> keys;
+    std::lock_guard<std::mutex> g(realmap_m_);
+    auto range = realmap_.equal_range(real);
+    for (auto it = range.first; it != range.second; ++it) keys.push_back(it->second);
+    return keys;
+  };
+  if (dir && !data_only) {
+    for (auto& k : owners(*dir)) {
+      if (auto* d = static_cast<OvInode*>(store_.ref(k))) {
+        if (name) {
+          out->entries.emplace_back(d->nodeid, name);
+          // The entry may now come from another layer: find it again on the next lookup.
+          Found f;
+          if (resolve(*d->state(), name, &f) == 0 && f.exists) {
+            if (auto* c = static_cast<OvInode*>(store_.ref(key_for(f)))) {
+              c->stale = true;
+              out->inodes.push_back(c->nodeid);
+              store_.unref(c, 1);
+            }
+          }
+        }
+        d->dir_nlink = -1;
+        d->stale = true;
+        out->inodes.push_back(d->nodeid);
+        store_.unref(d, 1);
+      }
+    }
+  }
+  if (obj) {
+    for (auto& k : owners(*obj)) {
+      if (auto* o = static_cast<OvInode*>(store_.ref(k))) {
+        if (!(data_only && written_through_mount(o))) out->inodes.push_back(o->nodeid);
+        store_.unref(o, 1);
+      }
+    }
+  }
+}
+
+void OverlayFs::everything(Invalidations* out) {
+  store_.for_each([&](Inode* in) {
+    auto* o = static_cast<OvInode*>(in);
+    o->stale = true;
+    o->dir_nlink = -1;
+    out->inodes.push_back(in->nodeid);
+  });
+}
+
+int OverlayFs::invalidations_for(const std::string& path, Invalidations* out) {
+  OvInode* cur = static_cast<OvInode*>(store_.root());
+  store_.ref(cur->key);
+  size_t p = 0;
+  int err = 0;
+  while (p < path.size()) {
+    size_t e = path.find('/', p);
+    if (e == std::string::npos) e = path.size();
+    std::string comp = path.substr(p, e - p);
+    p = e + 1;
+    if (comp.empty()) continue;
+    bool last = path.find_first_not_of('/', p) == std::string::npos;
+    if (last) out->entries.emplace_back(cur->nodeid, comp);
+    cur->dir_nlink = -1;
+    Found f;
+    OvInode* next = nullptr;
+    if (resolve(*cur->state(), comp.c_str(), &f) == 0 && f.exists)
+      next = static_cast<OvInode*>(store_.ref(key_for(f)));
+    store_.unref(cur, 1);
+    if (!next) {
+      // Not known to the kernel: nothing below it is cached.
+      return last || comp.empty() ? 0 : (f.exists ? 0 : ENOENT);
+    }
+    cur = next;
+    if (last) {
+      cur->stale = true;
+      out->inodes.push_back(cur->nodeid);
+    }
+  }
+  store_.unref(cur, 1);
+  return err;
+}
+
 // ---- merged lookup
 
 int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
@@ -391,7 +498,27 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
     store_.unref(dir, 1);
     return ENOMEM;
   }
-  if (!created) {
+  if (created) {
+    note_reals(key, *rs);
+    if (S_ISDIR(f.st.st_mode) && session_->watcher()) {
+      // inotify watches every layer's directory of a merged directory the kernel knows.
+      session_->watcher()->track_dir(rs->fd, rs->real);
+      for (auto& d : rs->lowers) {
+        struct stat lst;
+        if (fstat(d.fd, &lst) == 0)
+          session_->watcher()->track_dir(d.fd, {static_cast<uint64_t>(lst.st_dev), lst.st_ino});
+      }
+    }
+  } else if (in->stale.exchange(false)) {
+    // A layer changed behind the mount: what this lookup found is the truth now.
+    store_.unref(dir, 1);
+    std::lock_guard<std::mutex> g(in->copy_m);
+    in->set_state(rs);
+    in->indexed = f.from_index;
+    in->nlink_diff = f.nlink_diff;
+    in->dir_nlink = -1;
+    note_reals(key, *rs);
+  } else {
     store_.unref(dir, 1);
     auto cur = in->state();
     // Only ever move an inode up the layers: a lookup racing a copy-up may have seen the lower

@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "config.h"
@@ -28,6 +29,7 @@
 #include "locks.h"
 #include "open_files.h"
 #include "session.h"
+#include "watcher.h"
 
 namespace fusekit {
 
@@ -92,9 +94,10 @@ struct OvInode : Inode {
   std::atomic<int> nlink_diff{0};      // indexed: merged nlink = real nlink + diff
   std::atomic<bool> removed{false};    // unlinked while still known to the kernel
   std::atomic<bool> impure{false};     // trusted.overlay.impure set on the upper directory
+  std::atomic<bool> stale{false};      // a layer changed under it: the next lookup rebuilds it
 };
 
-class OverlayFs : public Filesystem {
+class OverlayFs : public Filesystem, public WatchClient {
  public:
   static std::unique_ptr<OverlayFs> create(const MountConfig& cfg, Error* err);
   ~OverlayFs() override;
@@ -163,6 +166,14 @@ class OverlayFs : public Filesystem {
 
   size_t inode_count() const override { return store_.size(); }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
+  WatchClient* watch_client() override { return this; }
+
+  // WatchClient: changes made to a layer behind the mount.
+  std::vector<int> watch_roots() override;
+  void changed(const InodeKey* dir, const char* name, const InodeKey* obj, bool data_only,
+               Invalidations* out) override;
+  void everything(Invalidations* out) override;
+  int invalidations_for(const std::string& path, Invalidations* out) override;
 
   // --- used by the overlay's own translation units (copy-up, directories)
   // The merged lookup of one name under a directory.
@@ -230,6 +241,10 @@ class OverlayFs : public Filesystem {
   bool passthrough_ = false;
 
   std::mutex ns_m_;       // serialises multi-step changes of the merged namespace
+  // With a watcher: which merged inode each real object/directory belongs to.
+  void note_reals(const InodeKey& key, const RealState& s);
+  std::mutex realmap_m_;
+  std::unordered_multimap<InodeKey, InodeKey, InodeKeyHash> realmap_;
   std::atomic<uint64_t> temp_counter_{0};
 };
 

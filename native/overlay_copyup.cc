@@ -353,6 +353,7 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
   // A copy-up does not show as a change of the directory it lands in.
   restore_times(pdir, pst);
   mark_impure(parent);
+  note_reals(in->key, *ns);
   in->set_state(std::move(ns));
   return 0;
 }

@@ -481,11 +481,13 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
   if (!err) name_in_lowers(*s1, name, &src_lower);
   if (!err) name_in_lowers(*s2, newname, &dst_lower);
   std::string moved_dst;
+  // A pure upper directory landing where a lower entry is must not merge with it (also when it
+  // is swapped there).
+  if (!err && src_dir && src->state()->lowers.empty() && dst_lower)
+    err = set_xattr_string(src->state()->fd, kOvlOpaque, "y");
+  if (!err && exchange && dst_dir && dst->state()->lowers.empty() && src_lower)
+    err = set_xattr_string(dst->state()->fd, kOvlOpaque, "y");
   if (!err && !exchange) {
-    // A pure upper directory landing where a lower directory is must not merge with it.
-    auto ss = src->state();
-    if (src_dir && ss->lowers.empty() && dst_lower)
-      err = set_xattr_string(ss->fd, kOvlOpaque, "y");
     // An upper directory being replaced may hold whiteouts: move it aside first.
     if (!err && dst_dir && dst->state()->in_upper) {
       moved_dst = temp_name();

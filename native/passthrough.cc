@@ -193,6 +193,8 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
     if (!created) {
       store_.unref(dir, 1);
       close(fd);
+    } else if (S_ISDIR(st.st_mode) && session_->watcher()) {
+      session_->watcher()->track_dir(in->fd, in->key);  // inotify only
     }
   }
   fill_entry(in, st, e);
@@ -761,6 +763,88 @@ int PassthroughFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_fil
   out->stx_ino = ino_map_->map(makedev(out->stx_dev_major, out->stx_dev_minor), out->stx_ino);
   cfg_.idmap.to_outside(out);
   *timeout = cfg_.attr_timeout;
+  return 0;
+}
+
+// ---- cache coherence
+
+void PassthroughFs::changed(const InodeKey* dir, const char* name, const InodeKey* obj,
+                            bool data_only, Invalidations* out) {
+  // A write to a file being written through the mount is (most likely) the mount's own: the
+  // kernel updated its cache as it went.
+  auto file_changed = [&](Inode* o) {
+    if (!(data_only && written_through_mount(o))) out->inodes.push_back(o->nodeid);
+  };
+  if (dir) {
+    if (Inode* d = store_.ref(*dir)) {
+      if (name && !data_only) out->entries.emplace_back(d->nodeid, name);
+      struct stat st;
+      // inotify does not say which object changed: find it by name.
+      if (name && !obj && fstatat(d->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        if (Inode* o = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
+          file_changed(o);
+          store_.unref(o, 1);
+        }
+      } else if (!name) {
+        out->inodes.push_back(d->nodeid);
+      }
+      store_.unref(d, 1);
+    }
+  }
+  if (obj) {
+    if (Inode* o = store_.ref(*obj)) {
+      file_changed(o);
+      store_.unref(o, 1);
+    }
+  }
+}
+
+void PassthroughFs::everything(Invalidations* out) {
+  store_.for_each([&](Inode* in) { out->inodes.push_back(in->nodeid); });
+}
+
+int PassthroughFs::invalidations_for(const std::string& path, Invalidations* out) {
+  std::vector<std::string> comps;
+  for (size_t p = 0; p < path.size();) {
+    size_t e = path.find('/', p);
+    if (e == std::string::npos) e = path.size();
+    if (e > p) comps.push_back(path.substr(p, e - p));
+    p = e + 1;
+  }
+  if (comps.empty()) {
+    everything(out);
+    return 0;
+  }
+  // Walk the source the way lookups do: one name at a time, never following a symlink.
+  int cur = fcntl(store_.root()->fd, F_DUPFD_CLOEXEC, 0);
+  struct stat st;
+  fstat(cur, &st);
+  for (size_t i = 0; i < comps.size(); i++) {
+    if (comps[i] == "." || comps[i] == "..") {
+      close(cur);
+      return EINVAL;
+    }
+    InodeKey dir_key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    int next = openat(cur, comps[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (i + 1 == comps.size()) {
+      // The last name: forget the entry even if the source lost it, and the object if any.
+      if (Inode* d = store_.ref(dir_key)) {
+        out->entries.emplace_back(d->nodeid, comps[i]);
+        store_.unref(d, 1);
+      }
+      if (next >= 0 && fstat(next, &st) == 0) {
+        if (Inode* o = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
+          out->inodes.push_back(o->nodeid);
+          store_.unref(o, 1);
+        }
+      }
+    }
+    close(cur);
+    if (next < 0) return i + 1 == comps.size() ? 0 : ENOENT;
+    cur = next;
+    fstat(cur, &st);
+  }
+  close(cur);
   return 0;
 }
 

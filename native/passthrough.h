@@ -16,10 +16,11 @@
 #include "locks.h"
 #include "open_files.h"
 #include "session.h"
+#include "watcher.h"
 
 namespace fusekit {
 
-class PassthroughFs : public Filesystem {
+class PassthroughFs : public Filesystem, public WatchClient {
  public:
   // Opens the source; on failure err says why and nothing is left open.
   static std::unique_ptr<PassthroughFs> create(const MountConfig& cfg, Error* err);
@@ -89,6 +90,14 @@ class PassthroughFs : public Filesystem {
 
   size_t inode_count() const override { return store_.size(); }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
+  WatchClient* watch_client() override { return this; }
+
+  // WatchClient
+  std::vector<int> watch_roots() override { return {store_.root()->fd}; }
+  void changed(const InodeKey* dir, const char* name, const InodeKey* obj, bool data_only,
+               Invalidations* out) override;
+  void everything(Invalidations* out) override;
+  int invalidations_for(const std::string& path, Invalidations* out) override;
 
  private:
   explicit PassthroughFs(const MountConfig& cfg) : cfg_(cfg) {}

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <deque>
+#include <set>
 #include <vector>
 
 #include "creds.h"
@@ -81,6 +82,7 @@ struct Dispatch {
     (fuse_req_is_uring(q) ? s->stats().uring_requests : s->stats().dev_requests)
         .fetch_add(1, std::memory_order_relaxed);
     capture = s->events().active();
+    if (s->watcher()) s->register_thread();
   }
   Filesystem& fs() { return s->fs(); }
 
@@ -790,7 +792,61 @@ bool Session::start(Error* err) {
                  "CONFIG_FUSE_PASSTHROUGH)"});
   }
   if (!start_watchdog(err)) return fail(*err);
+  if (cfg_.watch && fs_->watch_client()) {
+    watcher_ = std::make_unique<Watcher>(this, fs_->watch_client());
+    std::string why;
+    WatchMode mode = cfg_.watch == 2   ? WatchMode::Fanotify
+                     : cfg_.watch == 3 ? WatchMode::Inotify
+                                       : WatchMode::Auto;
+    if (!watcher_->start(mode, &why)) {
+      watcher_.reset();
+      return fail({EOPNOTSUPP, "cannot watch the source for changes: " + why});
+    }
+  }
   return true;
+}
+
+void Session::register_thread() {
+  thread_local Session* registered = nullptr;
+  if (registered == this) return;
+  registered = this;
+  if (watcher_) watcher_->add_own_thread(static_cast<pid_t>(gettid()));
+}
+
+size_t Session::notify(const Invalidations& in, WatchClient* client) {
+  fuse_session* se = se_;
+  if (!se || closed_) return 0;
+  Invalidations all;
+  const Invalidations* inv = &in;
+  if (in.all) {
+    client->everything(&all);
+    // Every cached name becomes stale at once (kernel >= 6.16); attributes and data of the
+    // inodes are dropped one by one below.
+    fuse_lowlevel_notify_increment_epoch(se);
+    inv = &all;
+  }
+  std::set<std::pair<fuse_ino_t, std::string>> entries(inv->entries.begin(), inv->entries.end());
+  std::set<fuse_ino_t> inodes(inv->inodes.begin(), inv->inodes.end());
+  size_t sent = 0;
+  for (auto& [parent, name] : entries)
+    if (fuse_lowlevel_notify_inval_entry(se, parent, name.c_str(), name.size()) == 0) sent++;
+  for (fuse_ino_t ino : inodes)
+    if (fuse_lowlevel_notify_inval_inode(se, ino, 0, 0) == 0) sent++;
+  stats_.invalidations.fetch_add(sent, std::memory_order_relaxed);
+  return sent;
+}
+
+int Session::invalidate(const std::string& path, size_t* sent) {
+  WatchClient* client = fs_->watch_client();
+  if (!client) return EOPNOTSUPP;
+  Invalidations inv;
+  if (path.empty() || path == "/") {
+    inv.all = true;
+  } else if (int err = client->invalidations_for(path, &inv)) {
+    return err;
+  }
+  *sent = notify(inv, client);
+  return 0;
 }
 
 void Session::on_init(fuse_conn_info* conn) {
@@ -859,6 +915,7 @@ void Session::teardown() {
     cv_.notify_all();
   }
   events_.stop();  // the last batch is delivered before anyone hears that the session ended
+  if (watcher_) watcher_->stop();
   // Detaches the mount if it is still there (libfuse first checks that the connection is alive).
   if (mounted_) fuse_session_unmount(se_);
   mounted_ = false;

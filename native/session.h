@@ -17,6 +17,7 @@
 #include "config.h"
 #include "events.h"
 #include "policy.h"
+#include "watcher.h"
 #include "filesystem.h"
 #include "stats.h"
 
@@ -76,6 +77,15 @@ class Session {
   EventBus& events() { return events_; }
   // Starts delivering events (idempotent); stopped when the session ends.
   void start_events(EventBus::Sink sink);
+
+  // Sends cache invalidations to the kernel (from a thread that is not serving a request).
+  size_t notify(const Invalidations& inv, WatchClient* client);
+  // Mount.invalidate(): one path, or everything when path is empty.
+  int invalidate(const std::string& path, size_t* sent);
+  Watcher* watcher() { return watcher_.get(); }
+  const char* watch_mode() const { return watcher_ ? watcher_->mode() : "off"; }
+  // Request threads register once, so the watcher can tell the mount's own changes apart.
+  void register_thread();
   // The path an operation names: the inode's path, plus name when given.
   std::string path_for(fuse_ino_t ino, const char* name);
 
@@ -90,6 +100,7 @@ class Session {
   Stats stats_;
   Policy policy_;
   EventBus events_;
+  std::unique_ptr<Watcher> watcher_;
   fuse_session* se_ = nullptr;
   std::thread thread_;
   bool mounted_ = false;

@@ -84,6 +84,9 @@ struct Stats {
   std::atomic<int64_t> backing_active{0};
   std::atomic<uint64_t> passthrough_failures{0};
 
+  // Cache invalidations sent to the kernel (watch, invalidate()).
+  std::atomic<uint64_t> invalidations{0};
+
   void record(Op op, int err, uint64_t ns) {
     OpCounters& c = ops[static_cast<size_t>(op)];
     c.count.fetch_add(1, std::memory_order_relaxed);
