@@ -36,3 +36,5 @@ export {
   reset,
   sandbox,
 } from './layers';
+export { controlRequest, controlSocketPath, controlTrace } from './control';
+export { metricsContentType, renderMetrics } from './metrics';

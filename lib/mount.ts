@@ -1,6 +1,7 @@
 import { constants as fsc, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
+import { serveControl } from './control';
 import { FusekitError } from './errors';
 import { EventEmitter } from 'node:events';
 
@@ -35,6 +36,11 @@ export class Mount extends EventEmitter {
   readonly source: string;
   /** Resolves when the mount has ended, however it was unmounted (also from outside). */
   readonly closed: Promise<void>;
+
+  /** Path of this mount's control socket (see control.ts), if it has one. */
+  controlSocket?: string;
+  /** Why the control socket could not be set up, if it could not. */
+  controlError?: FusekitError;
 
   #handle: NativeMountHandle;
   #unmounting: Promise<void> | undefined;
@@ -286,7 +292,7 @@ export async function mount(options: MountOptions): Promise<Mount> {
     // Mounted by a mount() that finished after this one's preflight.
     if (await isMountPoint(real))
       fail('EBUSY', `mount point ${o.mountpoint} is already a mount point`, o.mountpoint);
-    const { allowNonEmpty: _, ...config } = o;
+    const { allowNonEmpty: _, control: __, ...config } = o;
     handle = await binding.mount(
       config,
       () => resolveClosed(),
@@ -299,6 +305,14 @@ export async function mount(options: MountOptions): Promise<Mount> {
   }
   const m = new Mount(handle, o, closed);
   mountRef = m;
+  if (o.control) {
+    // The control socket is a convenience for other processes: a mount works without it.
+    try {
+      m.controlSocket = (await serveControl(m)).address() as string;
+    } catch (e) {
+      m.controlError = FusekitError.from(e);
+    }
+  }
   live.add(m);
   installExitHooks();
   return m;

@@ -60,6 +60,8 @@ export interface NativeStats {
     failures: number;
   };
   inodes: number;
+  /** Estimated bytes the daemon spends on the inodes it knows. */
+  inodeMemory: number;
   events: { recorded: number; dropped: number };
   cache: { watch: 'off' | 'fanotify' | 'inotify'; invalidations: number };
 }

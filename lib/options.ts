@@ -53,6 +53,8 @@ export interface MountOptions {
   negativeTimeout?: number;
   /** Shorthand for cache.watch = true. */
   watch?: boolean;
+  /** Expose a control socket for `fusekit stats|top|trace` (default true). */
+  control?: boolean;
   /** Kernel cache settings; these win over the top-level timeouts. */
   cache?: CacheOptions;
   /** Let users other than the mounting one use the mount. Default false. */
@@ -180,6 +182,7 @@ export const OPTION_SPECS: Record<string, Spec> = {
     help: 'negative lookup cache seconds',
   },
   watch: { kind: 'boolean', help: 'invalidate the cache when the source changes' },
+  control: { kind: 'boolean', help: 'expose the control socket (default true)' },
   allowOther: { kind: 'boolean', help: 'allow access by other users' },
   fsname: { kind: 'string', help: 'filesystem name in /proc/mounts' },
   subtype: { kind: 'string', pattern: /^[A-Za-z0-9_.-]{1,32}$/, help: 'type shows as fuse.<subtype>' },
@@ -225,6 +228,7 @@ function checkPath(name: string, value: unknown): string {
 
 export interface NormalizedOptions extends NativeConfig {
   allowNonEmpty: boolean;
+  control: boolean;
 }
 
 function normalizeOverlay(o: unknown): Required<OverlayLayers> {
@@ -302,5 +306,6 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
     negativeTimeout: timeout('negativeTimeout', 0),
     watch,
     allowNonEmpty: options.allowNonEmpty ?? false,
+    control: options.control ?? true,
   };
 }

@@ -116,8 +116,9 @@ class Filesystem {
   virtual int statx(Request& r, fuse_ino_t ino, int flags, int mask, fuse_file_info* fi,
                     struct statx* out, double* timeout) = 0;
 
-  // Inodes currently known to the kernel (for stats).
+  // Inodes currently known to the kernel, and an estimate of the memory they take (for stats).
   virtual size_t inode_count() const = 0;
+  virtual size_t inode_memory() const = 0;
   // A path of the inode from the mount root ("/a/b"), "" if it has none (for rules and events).
   virtual std::string path_of(fuse_ino_t ino) = 0;
   // Cache coherence: how this filesystem maps changes of its backing files to the kernel's cache.

@@ -337,6 +337,7 @@ Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
   pt.Set("failures", num(static_cast<double>(st.passthrough_failures.load())));
   o.Set("passthrough", pt);
   o.Set("inodes", num(static_cast<double>(session_->fs().inode_count())));
+  o.Set("inodeMemory", num(static_cast<double>(session_->fs().inode_memory())));
   Napi::Object ev = Napi::Object::New(env);
   ev.Set("recorded", num(static_cast<double>(session_->events().recorded.load())));
   ev.Set("dropped", num(static_cast<double>(session_->events().dropped.load())));

@@ -89,6 +89,10 @@ class PassthroughFs : public Filesystem, public WatchClient {
             double* timeout) override;
 
   size_t inode_count() const override { return store_.size(); }
+  // The object, its map entry and slot, a typical name (kernel-side descriptors not counted).
+  size_t inode_memory() const override {
+    return store_.size() * (sizeof(Inode) + 96);
+  }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }
 

@@ -344,6 +344,7 @@ void ll_tmpfile(fuse_req_t req, fuse_ino_t parent, mode_t mode, fuse_file_info* 
 
 void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   Dispatch d(req, Op::Read);
+  d.target(ino);
   ReadReply out;
   int err = d.fs().read(d.r, ino, size, off, fi, &out);
   if (err) return d.reply_err(err);
@@ -362,6 +363,7 @@ void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
 void ll_write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* bufv, off_t off,
                   fuse_file_info* fi) {
   Dispatch d(req, Op::Write);
+  d.target(ino);
   size_t written = 0;
   int err = d.fs().write_buf(d.r, ino, bufv, off, fi, &written);
   if (err) return d.reply_err(err);
@@ -371,16 +373,19 @@ void ll_write_buf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* bufv, off_t off,
 
 void ll_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Flush);
+  d.target(ino);
   d.reply_err(d.fs().flush(d.r, ino, fi));
 }
 
 void ll_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Release);
+  d.target(ino);
   d.reply_err(d.fs().release(d.r, ino, fi));
 }
 
 void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   Dispatch d(req, Op::Fsync);
+  d.target(ino);
   d.reply_err(d.fs().fsync(d.r, ino, datasync, fi));
 }
 
@@ -399,6 +404,7 @@ void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                 bool plus) {
   Dispatch d(req, plus ? Op::Readdirplus : Op::Readdir);
+  d.target(ino);
   DirBuf buf(req, size);
   int err = d.fs().readdir(d.r, ino, size, off, fi, plus, buf);
   // Entries already gathered are worth more than an error about the ones after them.
@@ -419,16 +425,19 @@ void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
 
 void ll_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Releasedir);
+  d.target(ino);
   d.reply_err(d.fs().releasedir(d.r, ino, fi));
 }
 
 void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   Dispatch d(req, Op::Fsyncdir);
+  d.target(ino);
   d.reply_err(d.fs().fsyncdir(d.r, ino, datasync, fi));
 }
 
 void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
   Dispatch d(req, Op::Statfs);
+  d.target(ino);
   struct statvfs st;
   int err = d.fs().statfs(d.r, ino, &st);
   if (err) return d.reply_err(err);
@@ -460,6 +469,7 @@ void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) 
 
 void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Dispatch d(req, Op::Listxattr);
+  d.target(ino);
   std::string list;
   size_t len = 0;
   int err = d.fs().listxattr(d.r, ino, size, &list, &len);
@@ -480,11 +490,13 @@ void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 
 void ll_access(fuse_req_t req, fuse_ino_t ino, int mask) {
   Dispatch d(req, Op::Access);
+  d.target(ino);
   d.reply_err(d.fs().access(d.r, ino, mask));
 }
 
 void ll_getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
   Dispatch d(req, Op::Getlk);
+  d.target(ino);
   int err = d.fs().getlk(d.r, ino, fi, lock);
   if (err) return d.reply_err(err);
   fuse_reply_lock(req, lock);
@@ -493,6 +505,7 @@ void ll_getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* 
 
 void ll_setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
   Dispatch d(req, Op::Setlk);
+  d.target(ino);
   int err = d.fs().setlk(d.r, ino, fi, lock, sleep);
   if (err == kAsyncReply) return d.done(0);
   d.reply_err(err);
@@ -500,6 +513,7 @@ void ll_setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* 
 
 void ll_flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
   Dispatch d(req, Op::Flock);
+  d.target(ino);
   int err = d.fs().flock(d.r, ino, fi, op);
   if (err == kAsyncReply) return d.done(0);
   d.reply_err(err);
@@ -508,6 +522,7 @@ void ll_flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
 void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                   fuse_file_info* fi) {
   Dispatch d(req, Op::Fallocate);
+  d.target(ino);
   d.reply_err(d.fs().fallocate(d.r, ino, mode, offset, length, fi));
 }
 
@@ -515,6 +530,8 @@ void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_fi
                         fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
                         int flags) {
   Dispatch d(req, Op::CopyFileRange);
+  d.target(ino_in);
+  d.target2(ino_out);
   size_t copied = 0;
   int err = d.fs().copy_file_range(d.r, ino_in, off_in, fi_in, ino_out, off_out, fi_out, len, flags,
                                    &copied);
@@ -525,6 +542,7 @@ void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_fi
 
 void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
   Dispatch d(req, Op::Lseek);
+  d.target(ino);
   off_t out = 0;
   int err = d.fs().lseek(d.r, ino, off, whence, fi, &out);
   if (err) return d.reply_err(err);
@@ -534,6 +552,7 @@ void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_i
 
 void ll_statx(fuse_req_t req, fuse_ino_t ino, int flags, int mask, fuse_file_info* fi) {
   Dispatch d(req, Op::Statx);
+  d.target(ino);
   struct statx stx;
   double timeout = 0;
   int err = d.fs().statx(d.r, ino, flags, mask, fi, &stx, &timeout);
