@@ -10,6 +10,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,12 +24,11 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
-#include <sys/statvfs.h>
 #include <sys/xattr.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #ifndef RENAME_NOREPLACE
@@ -205,7 +205,8 @@ static int cmd_setxattr(int argc, char** argv, int nofollow) {
   int flags = 0;
   if (argc > 4 && strcmp(argv[4], "create") == 0) flags = XATTR_CREATE;
   if (argc > 4 && strcmp(argv[4], "replace") == 0) flags = XATTR_REPLACE;
-  int r = nofollow ? lsetxattr(argv[1], argv[2], v, n, flags) : setxattr(argv[1], argv[2], v, n, flags);
+  int r = nofollow ? lsetxattr(argv[1], argv[2], v, n, flags)
+                   : setxattr(argv[1], argv[2], v, n, flags);
   free(v);
   if (r != 0) return fail("setxattr");
   return ok();
@@ -214,7 +215,8 @@ static int cmd_setxattr(int argc, char** argv, int nofollow) {
 static int cmd_getxattr(int argc, char** argv, int nofollow) {
   if (argc < 3) return usage("getxattr PATH NAME");
   // Size probe first, as applications do; the value is then read with exactly that size.
-  ssize_t size = nofollow ? lgetxattr(argv[1], argv[2], NULL, 0) : getxattr(argv[1], argv[2], NULL, 0);
+  ssize_t size = nofollow ? lgetxattr(argv[1], argv[2], NULL, 0)
+                          : getxattr(argv[1], argv[2], NULL, 0);
   if (size < 0) return fail("getxattr(size)");
   unsigned char* v = malloc((size_t)size + 1);
   ssize_t n = nofollow ? lgetxattr(argv[1], argv[2], v, (size_t)size)
@@ -229,9 +231,11 @@ static int cmd_getxattr(int argc, char** argv, int nofollow) {
     ssize_t m = nofollow ? lgetxattr(argv[1], argv[2], v, (size_t)n - 1)
                          : getxattr(argv[1], argv[2], v, (size_t)n - 1);
     erange = m < 0 && errno == ERANGE;
-    n = nofollow ? lgetxattr(argv[1], argv[2], v, (size_t)size) : getxattr(argv[1], argv[2], v, (size_t)size);
+    n = nofollow ? lgetxattr(argv[1], argv[2], v, (size_t)size)
+                 : getxattr(argv[1], argv[2], v, (size_t)size);
   }
-  put("{\"size\":%zd,\"erangeWhenShort\":%s,\"value\":", size, (n == 0 || erange) ? "true" : "false");
+  put("{\"size\":%zd,\"erangeWhenShort\":%s,\"value\":", size,
+      (n == 0 || erange) ? "true" : "false");
   put_hex(v, (size_t)n);
   put("}");
   free(v);
@@ -244,7 +248,8 @@ static int cmd_listxattr(int argc, char** argv, int nofollow) {
   ssize_t size = nofollow ? llistxattr(argv[1], NULL, 0) : listxattr(argv[1], NULL, 0);
   if (size < 0) return fail("listxattr(size)");
   char* list = malloc((size_t)size + 1);
-  ssize_t n = nofollow ? llistxattr(argv[1], list, (size_t)size) : listxattr(argv[1], list, (size_t)size);
+  ssize_t n = nofollow ? llistxattr(argv[1], list, (size_t)size)
+                       : listxattr(argv[1], list, (size_t)size);
   if (n < 0) {
     free(list);
     return fail("listxattr");
@@ -391,7 +396,8 @@ static int cmd_statx(int argc, char** argv) {
   if (argc < 2) return usage("statx PATH [nofollow]");
   int flags = (argc > 2 && strcmp(argv[2], "nofollow") == 0) ? AT_SYMLINK_NOFOLLOW : 0;
   struct statx s;
-  if (statx(AT_FDCWD, argv[1], flags | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS | STATX_BTIME, &s) != 0)
+  if (statx(AT_FDCWD, argv[1], flags | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS | STATX_BTIME, &s) !=
+      0)
     return fail("statx");
   put_statx(&s);
   flush_line();
