@@ -20,6 +20,8 @@ export interface NativeConfig {
   rules: { path: string; deny: boolean; readOnly: boolean }[];
   audit: 'off' | 'denied' | 'changes';
   watch: 'off' | 'auto' | 'fanotify' | 'inotify';
+  fileHandles: 'auto' | 'on' | 'off';
+  maxFds: number;
   mountpoint: string;
   fsname: string;
   subtype: string;
@@ -62,6 +64,11 @@ export interface NativeStats {
   inodes: number;
   /** Estimated bytes the daemon spends on the inodes it knows. */
   inodeMemory: number;
+  /**
+   * Descriptors the daemon holds for inodes: 'handles' (file-handle mode: a bounded cache, reopened
+   * from file handles) or 'descriptors' (one O_PATH descriptor per inode, bounded by RLIMIT_NOFILE).
+   */
+  inodeFds: { mode: 'handles' | 'descriptors'; open: number; capacity: number; reopens: number };
   events: { recorded: number; dropped: number };
   cache: { watch: 'off' | 'fanotify' | 'inotify'; invalidations: number };
 }

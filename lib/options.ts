@@ -55,6 +55,15 @@ export interface MountOptions {
   watch?: boolean;
   /** Expose a control socket for `fusekit stats|top|trace` (default true). */
   control?: boolean;
+  /**
+   * Passthrough inode store: 'auto' (default) keeps kernel file handles instead of one open
+   * descriptor per known inode when the source's filesystem and privileges allow it (a tree of
+   * millions of files then needs a bounded number of descriptors); 'on' fails without it; 'off'
+   * holds one O_PATH descriptor per inode (bounded by RLIMIT_NOFILE).
+   */
+  fileHandles?: 'auto' | 'on' | 'off';
+  /** Descriptors kept open in file-handle mode (default: a quarter of RLIMIT_NOFILE). */
+  maxFds?: number;
   /** Kernel cache settings; these win over the top-level timeouts. */
   cache?: CacheOptions;
   /** Let users other than the mounting one use the mount. Default false. */
@@ -183,6 +192,12 @@ export const OPTION_SPECS: Record<string, Spec> = {
   },
   watch: { kind: 'boolean', help: 'invalidate the cache when the source changes' },
   control: { kind: 'boolean', help: 'expose the control socket (default true)' },
+  fileHandles: {
+    kind: 'enum',
+    values: ['auto', 'on', 'off'],
+    help: 'keep file handles, not a descriptor per inode',
+  },
+  maxFds: { kind: 'number', min: 16, max: 1048576, integer: true, help: 'descriptors cached in file-handle mode' },
   allowOther: { kind: 'boolean', help: 'allow access by other users' },
   fsname: { kind: 'string', help: 'filesystem name in /proc/mounts' },
   subtype: { kind: 'string', pattern: /^[A-Za-z0-9_.-]{1,32}$/, help: 'type shows as fuse.<subtype>' },
@@ -305,6 +320,8 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
     attrTimeout: timeout('attrTimeout', 1),
     negativeTimeout: timeout('negativeTimeout', 0),
     watch,
+    fileHandles: options.fileHandles ?? 'auto',
+    maxFds: options.maxFds ?? 0,
     allowNonEmpty: options.allowNonEmpty ?? false,
     control: options.control ?? true,
   };

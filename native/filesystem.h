@@ -119,6 +119,14 @@ class Filesystem {
   // Inodes currently known to the kernel, and an estimate of the memory they take (for stats).
   virtual size_t inode_count() const = 0;
   virtual size_t inode_memory() const = 0;
+  // Descriptors held for inodes: mode ("handles" or "descriptors"), open now, cache capacity (0
+  // when unbounded), reopens from handles.
+  struct FdUse {
+    const char* mode;
+    size_t open, capacity;
+    uint64_t reopens;
+  };
+  virtual FdUse fd_use() const = 0;
   // A path of the inode from the mount root ("/a/b"), "" if it has none (for rules and events).
   virtual std::string path_of(fuse_ino_t ino) = 0;
   // Cache coherence: how this filesystem maps changes of its backing files to the kernel's cache.

@@ -1,5 +1,6 @@
 #include "inode_store.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <new>
@@ -7,6 +8,7 @@
 namespace fusekit {
 
 Inode::~Inode() {
+  if (handle && store) store->forget_fd(this);
   if (fd >= 0) close(fd);
   if (locks) {
     for (auto& [owner, lfd] : locks->fds) close(lfd);
@@ -72,6 +74,7 @@ void NodeTable::release(uint64_t id) {
 InodeStore::InodeStore() = default;
 
 InodeStore::~InodeStore() {
+  tearing_down_ = true;
   // Everything goes: no inode may hand its parent reference back into the maps being cleared.
   for (auto& s : shards_)
     for (auto& [k, in] : s.map) in->parent = nullptr;
@@ -82,6 +85,95 @@ InodeStore::~InodeStore() {
     s.map.clear();
   }
   delete root_;
+  if (mount_fd_ >= 0) close(mount_fd_);
+}
+
+void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
+  mount_fd_ = mount_fd;
+  handle_dev_ = dev;
+  capacity_ = capacity < 16 ? 16 : capacity;
+  ring_.reserve(capacity_);
+}
+
+void InodeStore::give_handle(Inode* in) {
+  if (mount_fd_ < 0 || static_cast<dev_t>(in->key.dev) != handle_dev_ || in->fd < 0) return;
+  constexpr unsigned kMax = 128;
+  std::unique_ptr<unsigned char[]> buf(new unsigned char[sizeof(struct file_handle) + kMax]);
+  auto* fh = reinterpret_cast<struct file_handle*>(buf.get());
+  fh->handle_bytes = kMax;
+  int mount_id;
+  if (name_to_handle_at(in->fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return;  // keeps its fd
+  in->handle = std::move(buf);
+  fds_open_.fetch_add(1, std::memory_order_relaxed);
+  cache_insert(in);
+}
+
+int InodeStore::acquire(Inode* in) {
+  if (!in->handle) return in->fd;
+  {
+    std::lock_guard<std::mutex> g(in->fd_m);
+    if (in->fd >= 0) {
+      in->pins++;
+      in->referenced = true;
+      return in->fd;
+    }
+    // Let go by the cache: open it again from its handle (on the source's private mount).
+    int fd = open_by_handle_at(mount_fd_, reinterpret_cast<struct file_handle*>(in->handle.get()),
+                               O_PATH | O_CLOEXEC);
+    if (fd < 0) return -1;
+    in->fd = fd;
+    in->pins = 1;
+    in->referenced = true;
+  }
+  reopens_.fetch_add(1, std::memory_order_relaxed);
+  fds_open_.fetch_add(1, std::memory_order_relaxed);
+  cache_insert(in);
+  return in->fd;
+}
+
+void InodeStore::release(Inode* in) {
+  if (!in->handle) return;
+  std::lock_guard<std::mutex> g(in->fd_m);
+  in->pins--;
+}
+
+void InodeStore::cache_insert(Inode* in) {
+  std::lock_guard<std::mutex> g(cache_m_);
+  if (in->ring_pos >= 0) return;
+  // Clock sweep: close descriptors nobody uses now and nobody used since the last pass.
+  size_t tries = ring_.size() * 2;
+  while (ring_.size() >= capacity_ && tries-- > 0) {
+    if (hand_ >= ring_.size()) hand_ = 0;
+    Inode* v = ring_[hand_];
+    std::lock_guard<std::mutex> vg(v->fd_m);
+    if (v->pins == 0 && !v->referenced && v != root_) {
+      close(v->fd);
+      v->fd = -1;
+      fds_open_.fetch_sub(1, std::memory_order_relaxed);
+      v->ring_pos = -1;
+      ring_[hand_] = ring_.back();
+      ring_[hand_]->ring_pos = static_cast<int64_t>(hand_);
+      ring_.pop_back();
+    } else {
+      v->referenced = false;
+      hand_++;
+    }
+  }
+  in->ring_pos = static_cast<int64_t>(ring_.size());
+  ring_.push_back(in);
+}
+
+void InodeStore::forget_fd(Inode* in) {
+  if (tearing_down_) return;
+  std::lock_guard<std::mutex> g(cache_m_);
+  if (in->ring_pos >= 0) {
+    size_t pos = static_cast<size_t>(in->ring_pos);
+    ring_[pos] = ring_.back();
+    ring_[pos]->ring_pos = static_cast<int64_t>(pos);
+    ring_.pop_back();
+    in->ring_pos = -1;
+  }
+  if (in->fd >= 0) fds_open_.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void InodeStore::set_root(Inode* root) {

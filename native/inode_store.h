@@ -53,8 +53,17 @@ struct Inode {
   uint64_t nodeid = 0;
   uint64_t generation = 0;
   mode_t type = 0;  // S_IFMT bits
-  int fd = -1;      // O_PATH descriptor (an O_TMPFILE's own descriptor for anonymous files)
+  // O_PATH descriptor (an O_TMPFILE's own descriptor for anonymous files). With a file handle it
+  // is only a cached one: use PathFd, which opens it again when the cache let it go.
+  int fd = -1;
   std::atomic<uint64_t> nlookup{0};
+
+  // File-handle mode: the object's handle, and the state of its cached descriptor.
+  std::unique_ptr<unsigned char[]> handle;  // struct file_handle
+  std::mutex fd_m;
+  uint32_t pins = 0;        // PathFds using fd right now
+  bool referenced = false;  // used since the cache's clock hand last passed
+  int64_t ring_pos = -1;    // position in the cache ring, -1 when not cached
 
   // Open state, guarded by m. The kernel allows one backing file per inode, shared by all its
   // passthrough opens, and refuses to mix passthrough with page-cache opens of the same inode.
@@ -115,6 +124,22 @@ class InodeStore {
  public:
   InodeStore();
   ~InodeStore();
+
+  // File-handle mode: inodes on filesystem `dev` keep a handle instead of a descriptor, and at
+  // most `capacity` descriptors stay open (a clock cache), so a tree of millions of files needs a
+  // bounded number of descriptors. mount_fd: a descriptor on that filesystem (not O_PATH).
+  void enable_handles(int mount_fd, dev_t dev, size_t capacity);
+  bool handles() const { return mount_fd_ >= 0; }
+  size_t fd_capacity() const { return capacity_; }
+  size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
+  uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
+  // Gives a new inode a handle when its filesystem is the handled one (fd stays cached).
+  void give_handle(Inode* in);
+  // A usable descriptor of in's object, pinned until release(); -1 with errno on failure.
+  int acquire(Inode* in);
+  void release(Inode* in);
+  // The inode is going away: forget its cache slot.
+  void forget_fd(Inode* in);
   InodeStore(const InodeStore&) = delete;
   InodeStore& operator=(const InodeStore&) = delete;
 
@@ -162,6 +187,37 @@ class InodeStore {
   NodeTable nodes_;
   Inode* root_ = nullptr;
   std::atomic<size_t> count_{0};
+
+  void cache_insert(Inode* in);
+  int mount_fd_ = -1;
+  dev_t handle_dev_ = 0;
+  size_t capacity_ = 0;
+  std::mutex cache_m_;
+  std::vector<Inode*> ring_;
+  size_t hand_ = 0;
+  std::atomic<size_t> fds_open_{0};
+  std::atomic<uint64_t> reopens_{0};
+  bool tearing_down_ = false;
+};
+
+// A descriptor of an inode's object for the duration of one operation.
+class PathFd {
+ public:
+  PathFd(InodeStore& s, Inode* in) : s_(s), in_(in), fd_(s.acquire(in)), err_(fd_ < 0 ? errno : 0) {}
+  ~PathFd() {
+    if (fd_ >= 0) s_.release(in_);
+  }
+  PathFd(const PathFd&) = delete;
+  PathFd& operator=(const PathFd&) = delete;
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  int error() const { return err_; }
+
+ private:
+  InodeStore& s_;
+  Inode* in_;
+  int fd_;
+  int err_;
 };
 
 }  // namespace fusekit

@@ -56,6 +56,9 @@ MountConfig config_from_js(const Napi::Object& o) {
   c.entry_timeout = get_number(o, "entryTimeout", 1.0);
   c.attr_timeout = get_number(o, "attrTimeout", 1.0);
   c.negative_timeout = get_number(o, "negativeTimeout", 0.0);
+  std::string fh = get_string(o, "fileHandles", "auto");
+  c.file_handles = fh == "on" ? 1 : fh == "off" ? 2 : 0;
+  c.max_fds = static_cast<unsigned>(get_number(o, "maxFds", 0));
   std::string watch = get_string(o, "watch", "off");
   c.watch = watch == "auto" ? 1 : watch == "fanotify" ? 2 : watch == "inotify" ? 3 : 0;
   Napi::Value im = o.Get("idmap");

@@ -338,6 +338,13 @@ Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
   o.Set("passthrough", pt);
   o.Set("inodes", num(static_cast<double>(session_->fs().inode_count())));
   o.Set("inodeMemory", num(static_cast<double>(session_->fs().inode_memory())));
+  Filesystem::FdUse fu = session_->fs().fd_use();
+  Napi::Object fds = Napi::Object::New(env);
+  fds.Set("mode", Napi::String::New(env, fu.mode));
+  fds.Set("open", num(static_cast<double>(fu.open)));
+  fds.Set("capacity", num(static_cast<double>(fu.capacity)));
+  fds.Set("reopens", num(static_cast<double>(fu.reopens)));
+  o.Set("inodeFds", fds);
   Napi::Object ev = Napi::Object::New(env);
   ev.Set("recorded", num(static_cast<double>(session_->events().recorded.load())));
   ev.Set("dropped", num(static_cast<double>(session_->events().dropped.load())));

@@ -229,7 +229,12 @@ void OverlayFs::init(Session* session, fuse_conn_info* conn) {
   conn->no_interrupt = 0;
 }
 
-void OverlayFs::destroy() { locks_.shutdown(); }
+void OverlayFs::destroy() {
+  locks_.shutdown();
+  // The session is over: the layers may be mounted again at once, not only once this object is
+  // freed (that waits for the JS handle to be collected).
+  if (work_fd_ >= 0) ::flock(work_fd_, LOCK_UN);
+}
 
 // ---- cache coherence
 
@@ -376,7 +381,16 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
       f->layer = s.layer;
       f->fd = fd;
       if (!S_ISDIR(st.st_mode)) {
-        if (has_upper_ && s.layer == 0) get_xattr_string(fd, kOvlOrigin, &f->origin);
+        if (has_upper_ && s.layer == 0) {
+          get_xattr_string(fd, kOvlOrigin, &f->origin);
+          // An upper name of a lower hard link copied up through the index: the merged link
+          // count is kept in trusted.overlay.nlink, as for the index entry itself.
+          std::string nl;
+          if (S_ISREG(st.st_mode) && st.st_nlink > 1 && get_xattr_string(fd, kOvlNlink, &nl)) {
+            f->from_index = true;
+            f->nlink_diff = read_nlink_diff(fd);
+          }
+        }
         break;
       }
       DirXattrs x = read_dir_xattrs(fd);

@@ -171,6 +171,7 @@ class OverlayFs : public Filesystem, public WatchClient {
   }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }
+  FdUse fd_use() const override { return {"descriptors", store_.size(), 0, 0}; }
 
   // WatchClient: changes made to a layer behind the mount.
   std::vector<int> watch_roots() override;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -103,6 +104,37 @@ std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Err
   root->key = {static_cast<uint64_t>(st.st_dev), st.st_ino};
   fs->store_.set_root(root);
   fs->ino_map_ = std::make_unique<InoMap>(st.st_dev);
+  if (cfg.file_handles != 2) {
+    // File-handle mode when the source's filesystem exports handles and this process may open
+    // them (CAP_DAC_READ_SEARCH): then no descriptor per known inode is needed.
+    int mfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct {
+      struct file_handle fh;
+      unsigned char buf[128];
+    } h;
+    h.fh.handle_bytes = sizeof h.buf;
+    int mount_id, probe_fd = -1;
+    if (mfd >= 0 && name_to_handle_at(fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) == 0)
+      probe_fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_CLOEXEC);
+    if (probe_fd >= 0) {
+      close(probe_fd);
+      size_t cap = cfg.max_fds;
+      if (!cap) {
+        struct rlimit rl;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        cap = std::clamp<size_t>(rl.rlim_cur / 4, 64, 65536);
+      }
+      fs->store_.enable_handles(mfd, st.st_dev, cap);
+    } else {
+      int e = errno;
+      if (mfd >= 0) close(mfd);
+      if (cfg.file_handles == 1) {
+        *err = {e ? e : EOPNOTSUPP, std::string("file-handle mode is not available for ") +
+                                        cfg.source + ": " + strerror(e ? e : EOPNOTSUPP)};
+        return nullptr;
+      }
+    }
+  }
   return fs;
 }
 
@@ -151,18 +183,22 @@ void PassthroughFs::fill_entry(Inode* in, const struct stat& st, fuse_entry_para
 
 int PassthroughFs::check_dir(Inode* dir) const {
   if (!detached_ || dir == store_.root()) return 0;
+  PathFd d(const_cast<InodeStore&>(store_), dir);
+  if (!d) return d.error();
   struct stat st;
-  if (fstatat(dir->fd, "..", &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) return ENOENT;
+  if (fstatat(d.get(), "..", &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) return ENOENT;
   return 0;
 }
 
 int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) {
   if (is_dot_or_dotdot(name)) return lookup_dot(dir, name, e);
+  PathFd dfd(store_, dir);
+  if (!dfd) return dfd.error();
   struct stat st;
-  if (fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  if (fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
   Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino});
   if (!in) {
-    int fd = openat(dir->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return errno;
     // The descriptor decides: the name may have changed since fstatat.
     if (fstat(fd, &st) != 0) {
@@ -193,8 +229,10 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
     if (!created) {
       store_.unref(dir, 1);
       close(fd);
-    } else if (S_ISDIR(st.st_mode) && session_->watcher()) {
-      session_->watcher()->track_dir(in->fd, in->key);  // inotify only
+    } else {
+      if (S_ISDIR(st.st_mode) && session_->watcher())
+        session_->watcher()->track_dir(fd, in->key);  // inotify only
+      store_.give_handle(in);  // from now on the descriptor is only cached
     }
   }
   fill_entry(in, st, e);
@@ -207,7 +245,9 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
     target = store_.ref(dir->key);  // "." and ".." of the root are the directory itself
   } else {
     // Export support: ".." of a directory. The private clone refuses to leave the source.
-    int fd = openat(dir->fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    PathFd d(store_, dir);
+    if (!d) return d.error();
+    int fd = openat(d.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return errno;
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -222,14 +262,19 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
           auto* n = new Inode;
           n->fd = fd;
           n->type = S_IFDIR;
+          n->store = &store_;
           return n;
         },
         &created);
-    if (!created) close(fd);
+    if (!created)
+      close(fd);
+    else
+      store_.give_handle(target);
   }
   if (!target) return ESTALE;
   struct stat st;
-  if (fstatat(target->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+  PathFd t(store_, target);
+  if (!t || fstatat(t.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
     int err = errno;
     store_.unref(target, 1);
     return err;
@@ -259,8 +304,9 @@ void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) {
 
 int PassthroughFs::getattr(Request&, fuse_ino_t ino, fuse_file_info*, struct stat* st,
                            double* timeout) {
-  Inode* in = inode(ino);
-  if (fstatat(in->fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  if (fstatat(f.get(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   map_attr(st);
   *timeout = cfg_.attr_timeout;
   return 0;
@@ -270,6 +316,9 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
                            fuse_file_info* fi, struct stat* out, double* timeout) {
   Inode* in = inode(ino);
   if (cfg_.read_only) return EROFS;
+  PathFd f(store_, in);
+  if (!f) return f.error();
+  const int ifd = f.get();
   FileHandle* h = fi ? fh(fi) : nullptr;
   // Owner first: chown clears setuid/setgid, an explicit mode in the same call sets them again.
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
@@ -277,20 +326,20 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
     gid_t gid = static_cast<gid_t>(-1);
     if ((to_set & FUSE_SET_ATTR_UID) && !cfg_.idmap.uid_in(attr->st_uid, &uid)) return EINVAL;
     if ((to_set & FUSE_SET_ATTR_GID) && !cfg_.idmap.gid_in(attr->st_gid, &gid)) return EINVAL;
-    if (fchownat(in->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+    if (fchownat(ifd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
     int r = h ? fchmod(h->fd, attr->st_mode & 07777)
-              : sys::fchmod_path(in->fd, attr->st_mode & 07777, S_ISLNK(in->type));
+              : sys::fchmod_path(ifd, attr->st_mode & 07777, S_ISLNK(in->type));
     if (r != 0) return errno;
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
     if (!S_ISREG(in->type)) return S_ISDIR(in->type) ? EISDIR : EINVAL;
-    int r = h ? ftruncate(h->fd, attr->st_size) : sys::truncate_fd(in->fd, attr->st_size);
+    int r = h ? ftruncate(h->fd, attr->st_size) : sys::truncate_fd(ifd, attr->st_size);
     if (r != 0) return errno;
   }
   if ((to_set & FUSE_SET_ATTR_KILL_SUID) && !(to_set & FUSE_SET_ATTR_MODE) && S_ISREG(in->type)) {
-    int fd = h ? h->fd : sys::reopen(in->fd, O_RDONLY);
+    int fd = h ? h->fd : sys::reopen(ifd, O_RDONLY);
     if (fd >= 0) {
       kill_suidgid(fd);
       if (!h) close(fd);
@@ -309,19 +358,20 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
     else if (to_set & FUSE_SET_ATTR_MTIME)
       tv[1] = attr->st_mtim;
     int r = h ? futimens(h->fd, tv)
-              : utimensat(in->fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+              : utimensat(ifd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (r != 0) return errno;
   }
-  if (fstatat(in->fd, "", out, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  if (fstatat(ifd, "", out, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   map_attr(out);
   *timeout = cfg_.attr_timeout;
   return 0;
 }
 
 int PassthroughFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
-  Inode* in = inode(ino);
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
   char buf[PATH_MAX + 1];
-  ssize_t n = readlinkat(in->fd, "", buf, sizeof buf);
+  ssize_t n = readlinkat(f.get(), "", buf, sizeof buf);
   if (n < 0) return errno;
   if (static_cast<size_t>(n) >= sizeof buf) return ENAMETOOLONG;
   target->assign(buf, static_cast<size_t>(n));
@@ -329,15 +379,17 @@ int PassthroughFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
 }
 
 int PassthroughFs::make_node(const Request& r, Inode* dir, const char* name, fuse_entry_param* e,
-                             const std::function<int(const CallerCreds&)>& mk) {
+                             const std::function<int(const CallerCreds&, int dirfd)>& mk) {
   if (cfg_.read_only) return EROFS;
   if (int err = check_dir(dir)) return err;
   uint32_t uid, gid;
   if (!cfg_.idmap.creator(r.uid, r.gid, &uid, &gid)) return EOVERFLOW;
+  PathFd d(store_, dir);
+  if (!d) return d.error();
   {
     CallerCreds creds(uid, gid, r.umask);
     if (creds.error()) return creds.error();
-    if (mk(creds) != 0) return errno;
+    if (mk(creds, d.get()) != 0) return errno;
   }
   return do_lookup(dir, name, e);
 }
@@ -347,37 +399,40 @@ int PassthroughFs::mknod(Request& r, fuse_ino_t parent, const char* name, mode_t
   // Device nodes only where allowed; a 0/0 character device is an overlay whiteout, not a device.
   if ((S_ISCHR(mode) || S_ISBLK(mode)) && !cfg_.devices && !(S_ISCHR(mode) && rdev == 0))
     return EPERM;
-  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c) {
-    return mknodat(inode(parent)->fd, name, (mode & S_IFMT) | c.mask_mode(mode & 07777), rdev);
+  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c, int dfd) {
+    return mknodat(dfd, name, (mode & S_IFMT) | c.mask_mode(mode & 07777), rdev);
   });
 }
 
 int PassthroughFs::mkdir(Request& r, fuse_ino_t parent, const char* name, mode_t mode,
                          fuse_entry_param* e) {
-  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c) {
-    return mkdirat(inode(parent)->fd, name, c.mask_mode(mode & 07777));
+  return make_node(r, inode(parent), name, e, [&](const CallerCreds& c, int dfd) {
+    return mkdirat(dfd, name, c.mask_mode(mode & 07777));
   });
 }
 
 int PassthroughFs::symlink(Request& r, const char* link, fuse_ino_t parent, const char* name,
                            fuse_entry_param* e) {
-  return make_node(r, inode(parent), name, e, [&](const CallerCreds&) {
-    return symlinkat(link, inode(parent)->fd, name);
-  });
+  return make_node(r, inode(parent), name, e,
+                   [&](const CallerCreds&, int dfd) { return symlinkat(link, dfd, name); });
 }
 
 int PassthroughFs::unlink(Request&, fuse_ino_t parent, const char* name) {
   if (cfg_.read_only) return EROFS;
   Inode* dir = inode(parent);
   if (int err = check_dir(dir)) return err;
-  return unlinkat(dir->fd, name, 0) == 0 ? 0 : errno;
+  PathFd d(store_, dir);
+  if (!d) return d.error();
+  return unlinkat(d.get(), name, 0) == 0 ? 0 : errno;
 }
 
 int PassthroughFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
   if (cfg_.read_only) return EROFS;
   Inode* dir = inode(parent);
   if (int err = check_dir(dir)) return err;
-  return unlinkat(dir->fd, name, AT_REMOVEDIR) == 0 ? 0 : errno;
+  PathFd d(store_, dir);
+  if (!d) return d.error();
+  return unlinkat(d.get(), name, AT_REMOVEDIR) == 0 ? 0 : errno;
 }
 
 int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -388,18 +443,20 @@ int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_in
   Inode* d2 = inode(newparent);
   if (int err = check_dir(d1)) return err;
   if (int err = check_dir(d2)) return err;
-  if (syscall(SYS_renameat2, d1->fd, name, d2->fd, newname, flags) != 0) return errno;
+  PathFd f1(store_, d1), f2(store_, d2);
+  if (!f1 || !f2) return !f1 ? f1.error() : f2.error();
+  if (syscall(SYS_renameat2, f1.get(), name, f2.get(), newname, flags) != 0) return errno;
   // Keep the recorded names (path rules, events) in step with the move.
-  auto renamed = [&](Inode* dir, const char* n) {
+  auto renamed = [&](Inode* dir, int dfd, const char* n) {
     struct stat st;
-    if (fstatat(dir->fd, n, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+    if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
     if (Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
       store_.set_name(in, dir, n);
       store_.unref(in, 1);
     }
   };
-  renamed(d2, newname);
-  if (flags & RENAME_EXCHANGE) renamed(d1, name);
+  renamed(d2, f2.get(), newname);
+  if (flags & RENAME_EXCHANGE) renamed(d1, f1.get(), name);
   return 0;
 }
 
@@ -409,7 +466,9 @@ int PassthroughFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const ch
   Inode* in = inode(ino);
   Inode* dir = inode(newparent);
   if (int err = check_dir(dir)) return err;
-  if (linkat(in->fd, "", dir->fd, newname, AT_EMPTY_PATH) != 0) return errno;
+  PathFd f(store_, in), d(store_, dir);
+  if (!f || !d) return !f ? f.error() : d.error();
+  if (linkat(f.get(), "", d.get(), newname, AT_EMPTY_PATH) != 0) return errno;
   return do_lookup(dir, newname, e);
 }
 
@@ -418,15 +477,17 @@ int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   int acc = fi->flags & O_ACCMODE;
   if (cfg_.read_only && (acc != O_RDONLY || (fi->flags & O_TRUNC))) return EROFS;
   int flags = fi->flags & ~kHandleFlagsDropped;
+  PathFd f(store_, in);
+  if (!f) return f.error();
   int fd = -1;
   if (acc == O_WRONLY) {
     // Read-write where possible, so the handle can become the inode's backing file.
-    fd = sys::reopen(in->fd, (flags & ~O_ACCMODE) | O_RDWR);
+    fd = sys::reopen(f.get(), (flags & ~O_ACCMODE) | O_RDWR);
   }
-  if (fd < 0) fd = sys::reopen(in->fd, flags);
+  if (fd < 0) fd = sys::reopen(f.get(), flags);
   if (fd < 0) return errno;
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
-  int err = files_.attach(in, in->fd, in->key, fd, flags, fi);
+  int err = files_.attach(in, f.get(), in->key, fd, flags, fi);
   if (err) close(fd);
   return err;
 }
@@ -461,6 +522,8 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name,
     if (!created) {
       if (name) store_.unref(dir, 1);
       close(pfd);
+    } else if (!keep_fd) {
+      store_.give_handle(in);  // an O_TMPFILE has no handle to reopen: it keeps its descriptor
     }
   }
   fill_entry(in, st, e);
@@ -478,20 +541,24 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
   int fd;
   uint32_t cuid, cgid;
   if (!cfg_.idmap.creator(r.uid, r.gid, &cuid, &cgid)) return EOVERFLOW;
+  PathFd d(store_, dir);
+  if (!d) return d.error();
   {
     CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
-    fd = openat(dir->fd, name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    fd = openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
     if (fd < 0 && errno == EACCES && (fi->flags & O_ACCMODE) == O_WRONLY) {
       flags = (flags & ~O_ACCMODE) | O_WRONLY;
-      fd = openat(dir->fd, name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+      fd = openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
     }
     if (fd < 0) return errno;
   }
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
   int err = adopt(fd, false, dir, name, e);
   if (!err) {
-    err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped, fi);
+    // The new descriptor itself can be reopened for a backing file.
+    err = files_.attach(inode(e->ino), fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped,
+                        fi);
     if (err) forget(e->ino, 1);
   }
   if (err) close(fd);
@@ -507,16 +574,18 @@ int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file
   int fd;
   uint32_t cuid, cgid;
   if (!cfg_.idmap.creator(r.uid, r.gid, &cuid, &cgid)) return EOVERFLOW;
+  PathFd d(store_, dir);
+  if (!d) return d.error();
   {
     CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
-    fd = openat(dir->fd, ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    fd = openat(d.get(), ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
     if (fd < 0) return errno;
   }
   int err = adopt(fd, true, dir, nullptr, e);
   if (!err) {
-    err = files_.attach(inode(e->ino), inode(e->ino)->fd, inode(e->ino)->key, fd,
-                         flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
+    err = files_.attach(inode(e->ino), fd, inode(e->ino)->key, fd,
+                        flags & ~(kHandleFlagsDropped | O_TMPFILE), fi);
     if (err) forget(e->ino, 1);
   }
   if (err) close(fd);
@@ -579,7 +648,9 @@ int PassthroughFs::fsync(Request&, fuse_ino_t, int datasync, fuse_file_info* fi)
 int PassthroughFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   Inode* in = inode(ino);
   if (int err = check_dir(in)) return err;
-  int fd = openat(in->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  PathFd f(store_, in);
+  if (!f) return f.error();
+  int fd = openat(f.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno;
   auto* d = new (std::nothrow) DirHandle;
   if (!d) {
@@ -656,24 +727,30 @@ int PassthroughFs::fsyncdir(Request&, fuse_ino_t, int datasync, fuse_file_info* 
 }
 
 int PassthroughFs::statfs(Request&, fuse_ino_t ino, struct statvfs* out) {
-  return fstatvfs(inode(ino)->fd, out) == 0 ? 0 : errno;
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  return fstatvfs(f.get(), out) == 0 ? 0 : errno;
 }
 
 int PassthroughFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* value,
                             size_t size, int flags) {
   if (cfg_.read_only) return EROFS;
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
   if (IdMap::is_acl_xattr(name) && !cfg_.idmap.identity()) {
     std::string v(value, size);
     if (!cfg_.idmap.map_acl(v.data(), v.size(), false)) return EINVAL;
-    return sys::setxattr_fd(inode(ino)->fd, name, v.data(), size, flags) == 0 ? 0 : errno;
+    return sys::setxattr_fd(f.get(), name, v.data(), size, flags) == 0 ? 0 : errno;
   }
-  return sys::setxattr_fd(inode(ino)->fd, name, value, size, flags) == 0 ? 0 : errno;
+  return sys::setxattr_fd(f.get(), name, value, size, flags) == 0 ? 0 : errno;
 }
 
 int PassthroughFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
                             std::string* value, size_t* len) {
   value->resize(size);
-  ssize_t n = sys::getxattr_fd(inode(ino)->fd, name, size ? value->data() : nullptr, size);
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  ssize_t n = sys::getxattr_fd(f.get(), name, size ? value->data() : nullptr, size);
   if (n < 0) return errno;
   *len = static_cast<size_t>(n);
   if (size && IdMap::is_acl_xattr(name)) cfg_.idmap.map_acl(value->data(), *len, true);
@@ -683,7 +760,9 @@ int PassthroughFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t s
 int PassthroughFs::listxattr(Request&, fuse_ino_t ino, size_t size, std::string* list,
                              size_t* len) {
   list->resize(size);
-  ssize_t n = sys::listxattr_fd(inode(ino)->fd, size ? list->data() : nullptr, size);
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  ssize_t n = sys::listxattr_fd(f.get(), size ? list->data() : nullptr, size);
   if (n < 0) return errno;
   *len = static_cast<size_t>(n);
   return 0;
@@ -691,12 +770,16 @@ int PassthroughFs::listxattr(Request&, fuse_ino_t ino, size_t size, std::string*
 
 int PassthroughFs::removexattr(Request&, fuse_ino_t ino, const char* name) {
   if (cfg_.read_only) return EROFS;
-  return sys::removexattr_fd(inode(ino)->fd, name) == 0 ? 0 : errno;
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  return sys::removexattr_fd(f.get(), name) == 0 ? 0 : errno;
 }
 
 int PassthroughFs::access(Request& r, fuse_ino_t ino, int mask) {
   struct stat st;
-  if (fstatat(inode(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
+  PathFd f(store_, inode(ino));
+  if (!f) return f.error();
+  if (fstatat(f.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   if (mask == F_OK) return 0;
   if ((mask & W_OK) && cfg_.read_only) return EROFS;
   if (r.uid == 0) {
@@ -714,13 +797,17 @@ int PassthroughFs::access(Request& r, fuse_ino_t ino, int mask) {
 
 int PassthroughFs::getlk(Request&, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
   Inode* in = inode(ino);
-  return locks_.getlk(in, in->fd, fi->lock_owner, lock);
+  PathFd f(store_, in);
+  if (!f) return f.error();
+  return locks_.getlk(in, f.get(), fi->lock_owner, lock);
 }
 
 int PassthroughFs::setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
                          int sleep) {
   Inode* in = inode(ino);
-  return locks_.setlk(r.req, in, in->fd, fi->lock_owner, lock, sleep != 0);
+  PathFd f(store_, in);
+  if (!f) return f.error();
+  return locks_.setlk(r.req, in, f.get(), fi->lock_owner, lock, sleep != 0);
 }
 
 int PassthroughFs::flock(Request& r, fuse_ino_t, fuse_file_info* fi, int op) {
@@ -757,7 +844,9 @@ int PassthroughFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_fil
                          struct statx* out, double* timeout) {
   Inode* in = inode(ino);
   int sync = flags & AT_STATX_SYNC_TYPE;
-  if (::statx(in->fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync,
+  PathFd f(store_, in);
+  if (!f) return f.error();
+  if (::statx(f.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync,
               static_cast<unsigned>(mask), out) != 0)
     return errno;
   out->stx_ino = ino_map_->map(makedev(out->stx_dev_major, out->stx_dev_minor), out->stx_ino);
@@ -780,7 +869,8 @@ void PassthroughFs::changed(const InodeKey* dir, const char* name, const InodeKe
       if (name && !data_only) out->entries.emplace_back(d->nodeid, name);
       struct stat st;
       // inotify does not say which object changed: find it by name.
-      if (name && !obj && fstatat(d->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      PathFd dfd(store_, d);
+      if (name && !obj && dfd && fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (Inode* o = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
           file_changed(o);
           store_.unref(o, 1);

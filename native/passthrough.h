@@ -95,6 +95,10 @@ class PassthroughFs : public Filesystem, public WatchClient {
   }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }
+  FdUse fd_use() const override {
+    if (!store_.handles()) return {"descriptors", store_.size(), 0, 0};
+    return {"handles", store_.fds_open(), store_.fd_capacity(), store_.fd_reopens()};
+  }
 
   // WatchClient
   std::vector<int> watch_roots() override { return {store_.root()->fd}; }
@@ -119,7 +123,7 @@ class PassthroughFs : public Filesystem, public WatchClient {
   // Creates a node as the caller (mk runs with the caller's fsuid/fsgid and umask), then looks it
   // up. mk returns 0 or -1 with errno set.
   int make_node(const Request& r, Inode* dir, const char* name, fuse_entry_param* e,
-                const std::function<int(const CallerCreds&)>& mk);
+                const std::function<int(const CallerCreds&, int dirfd)>& mk);
 
   MountConfig cfg_;
   Session* session_ = nullptr;
