@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 
 import { FusekitError } from './errors';
+import { type IdRange, parseColonIdMap } from './idmap';
 import { mount } from './mount';
 import { native, packageRoot } from './native';
 import type { MountOptions } from './options';
@@ -109,15 +110,36 @@ function usage(): string {
   return 'usage: fusekit-overlay -o lowerdir=L1:L2[,upperdir=U,workdir=W][,volatile] MERGED\n';
 }
 
+/**
+ * fuse-overlayfs's `uidmapping=C:H:N`: container id C is the id the mount shows (its callers' id),
+ * H the id stored in the layers. fusekit's ranges say the same as { inside: H, outside: C }.
+ */
+function overlayfsMapping(spec: string | undefined): IdRange[] | undefined {
+  if (spec === undefined) return undefined;
+  return parseColonIdMap(spec).map((r) => ({ inside: r.outside, outside: r.inside, count: r.count }));
+}
+
+/** A shown (container) id as stored in the layers, through the map. */
+function storedId(id: number, ranges: IdRange[] | undefined): number {
+  for (const r of ranges ?? []) if (id >= r.outside && id < r.outside + r.count) return r.inside + id - r.outside;
+  if (ranges && ranges.length) throw new FusekitError('EINVAL', `squash id ${id} is not in the id mapping`);
+  return id;
+}
+
 /** The options mount() takes for these overlay options. */
 export function toMountOptions(o: OverlayCliOptions, merged: string): MountOptions {
   if (o.lower.length === 0) throw new FusekitError('EINVAL', 'no lowerdir given');
-  if (o.uidmapping || o.gidmapping || o.squashToUid !== undefined || o.squashToGid !== undefined)
-    throw new FusekitError(
-      'EOPNOTSUPP',
-      'uidmapping/gidmapping/squash_to_* are not supported by this fusekit version',
-    );
+  const uid = overlayfsMapping(o.uidmapping);
+  const gid = overlayfsMapping(o.gidmapping);
+  const squash: { uid?: number; gid?: number } = {};
+  if (o.squashToUid !== undefined) squash.uid = storedId(o.squashToUid, uid);
+  if (o.squashToGid !== undefined) squash.gid = storedId(o.squashToGid, gid);
+  const idmap =
+    uid || gid || Object.keys(squash).length
+      ? { ...(uid ? { uid } : {}), ...(gid ? { gid } : {}), ...(Object.keys(squash).length ? { squash } : {}) }
+      : undefined;
   return {
+    ...(idmap ? { idmap } : {}),
     mountpoint: merged,
     overlay: {
       lower: o.lower,
