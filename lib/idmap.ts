@@ -37,7 +37,8 @@ export function checkRanges(ranges: unknown, what: string): IdRange[] {
     }
     const e = { inside: v.inside as number, outside: v.outside as number, count: v.count as number };
     if (e.count === 0) throw invalid(`${what}[${i}] has count 0`);
-    if (e.inside + e.count > MAX || e.outside + e.count > MAX)
+    // As the kernel's uid_map: the last id may not be 2^32-1, the invalid id (uid_t)-1.
+    if (e.inside + e.count >= MAX || e.outside + e.count >= MAX)
       throw invalid(`${what}[${i}] overflows the 32-bit id space`);
     return e;
   });

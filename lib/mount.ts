@@ -44,6 +44,7 @@ export class Mount extends EventEmitter {
 
   #handle: NativeMountHandle;
   #unmounting: Promise<void> | undefined;
+  #unmountMode: 'normal' | 'lazy' | 'force' | undefined;
   #isClosed = false;
 
   /** @internal */
@@ -78,14 +79,22 @@ export class Mount extends EventEmitter {
    */
   unmount(options: UnmountOptions = {}): Promise<void> {
     if (this.#isClosed) return Promise.resolve();
-    if (this.#unmounting) return this.#unmounting;
     const mode = options.force ? 'force' : options.lazy ? 'lazy' : 'normal';
+    // An unmount under way covers this one unless this one asks for more: after a lazy detach a
+    // normal unmount still has to wait (or refuse), and force always has to abort.
+    const prev = this.#unmountMode;
+    if (this.#unmounting && (prev === mode || mode === 'lazy' || prev === 'force'))
+      return this.#unmounting;
+    this.#unmountMode = mode;
     const p = this.#handle.unmount(mode).then(
       async () => {
         if (mode !== 'lazy') await this.closed;
       },
       (err: unknown) => {
-        this.#unmounting = undefined;
+        if (this.#unmounting === p) {
+          this.#unmounting = undefined;
+          this.#unmountMode = undefined;
+        }
         throw FusekitError.from(err, undefined, this.mountpoint);
       },
     );
@@ -196,16 +205,17 @@ export class Mount extends EventEmitter {
 const live = new Set<Mount>();
 let hooksInstalled = false;
 
-// Mounts end with the process: on a normal exit and on SIGINT/SIGTERM they are detached (the
-// native watchdog covers SIGKILL). A signal handler of the application keeps control of exiting.
+// Mounts end with the process: on a normal exit and on SIGINT/SIGTERM they are detached and their
+// connections aborted (the native watchdog covers SIGKILL). A signal handler of the application
+// keeps control: the mounts stay until it unmounts them or exits.
 function installExitHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.on('exit', () => native().detachAll());
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const onSignal = (): void => {
-      native().detachAll();
       if (process.listenerCount(sig) === 1) {
+        native().detachAll();
         process.removeListener(sig, onSignal);
         process.kill(process.pid, sig);
       }

@@ -25,10 +25,12 @@ int capset_raw(__user_cap_data_struct data[2]) {
 }
 
 // Re-raises the capabilities the kernel drops from the effective set when the fsuid leaves 0.
+// CAP_FSETID: the kernel already stripped setgid from the mode by the caller's own groups (the
+// daemon thread lacks them), so the backing filesystem must not strip it again.
 void raise_fs_caps() {
   __user_cap_data_struct d[2]{};
   if (capget_raw(d) != 0) return;
-  const unsigned caps[] = {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_MKNOD};
+  const unsigned caps[] = {CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_MKNOD, CAP_FSETID};
   for (unsigned c : caps) {
     unsigned i = c / 32, bit = 1u << (c % 32);
     if (d[i].permitted & bit) d[i].effective |= bit;

@@ -18,13 +18,21 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   fi->keep_cache = 0;
   fi->direct_io = 0;
   const bool want_write = (flags & O_ACCMODE) != O_RDONLY;
+  // Writes to a setuid/setgid file must reach the daemon: with killpriv_v2 the kernel leaves
+  // clearing those bits to it (FUSE_WRITE_KILL_SUIDGID), and passthrough writes would bypass it.
+  bool privileged = false;
+  if (want_write && passthrough_ && S_ISREG(in->type)) {
+    struct stat st;
+    privileged = fstat(fd, &st) == 0 && ((st.st_mode & S_ISUID) ||
+                                         (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP));
+  }
   std::lock_guard<std::mutex> g(in->m);
   if (want_write) {
     in->nwriters++;
     h->writer = true;
   }
   if (passthrough_ && S_ISREG(in->type) && in->ncached == 0) {
-    if (!in->backing_id) {
+    if (!in->backing_id && !privileged) {
       // Always a description of its own, never the open's: flock() locks live on the open's
       // description, and one shared with the backing file would outlive the open's close.
       int bfd = sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY);
@@ -40,7 +48,7 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
     }
     if (in->backing_id) {
       fi->backing_id = in->backing_id;
-      if (!(in->backing_real == real) || (want_write && !in->backing_writable)) {
+      if (privileged || !(in->backing_real == real) || (want_write && !in->backing_writable)) {
         fi->direct_io = 1;
         fi->parallel_direct_writes = 1;
         h->kind = FileHandle::Direct;

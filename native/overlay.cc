@@ -358,6 +358,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
     for (auto& d : dir.lowers) srcs.push_back({d.layer, d.fd, d.xwhiteouts});
   }
   const bool oci = cfg_.overlay.oci_whiteouts;
+  // OCI whiteout files are markers, never part of the view (readdir leaves them out too).
+  if (oci && strncmp(name, kOciWhiteoutPrefix, 4) == 0) return 0;
   const std::string lower_path = dir.lower_path + "/" + name;
   f->lower_path = lower_path;
   for (size_t i = 0; i < srcs.size(); i++) {
@@ -727,14 +729,33 @@ void OverlayFs::abandon_open(fuse_ino_t ino, fuse_file_info* fi) {
   if (FileHandle* h = file_handle(fi)) files_.detach(inode(ino), h);
 }
 
-int OverlayFs::read(Request&, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi,
+int OverlayFs::read(Request&, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                     ReadReply* out) {
   FileHandle* h = file_handle(fi);
   out->fd = h->fd;
   out->pos = off;
   out->size = size;
   struct stat st;
-  if (fstat(h->fd, &st) == 0 && off < st.st_size) {
+  if (fstat(h->fd, &st) != 0) return errno;
+  auto s = inode(ino)->state();
+  if (s->in_upper && !(InodeKey{static_cast<uint64_t>(st.st_dev), st.st_ino} == s->real)) {
+    // Opened before a copy-up, the handle still holds the lower file. Read the current object, as
+    // kernel overlayfs does: lower data would land in the page cache every open of the inode
+    // shares, and new readers would see it instead of the copied-up file's.
+    int fd = sys::reopen(s->fd, O_RDONLY);
+    if (fd < 0) return errno;
+    out->data.resize(size);
+    ssize_t n = pread(fd, out->data.data(), size, off);
+    int err = errno;
+    close(fd);
+    if (n < 0) return err;
+    out->data.resize(static_cast<size_t>(n));
+    out->size = static_cast<size_t>(n);
+    out->fd = -1;
+    stats_->bytes_read.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+    return 0;
+  }
+  if (off < st.st_size) {
     uint64_t n = std::min<uint64_t>(size, static_cast<uint64_t>(st.st_size - off));
     stats_->bytes_read.fetch_add(n, std::memory_order_relaxed);
   }

@@ -175,6 +175,10 @@ int OverlayFs::copy_data(int src, int dst, const struct stat& st) {
 }
 
 int OverlayFs::copy_meta(int src_path_fd, int dst_fd, int, const char*, const struct stat& st) {
+  // Owner first: a chown drops security.capability (and setuid/setgid), so xattrs and mode come
+  // after it; times last.
+  if (fchownat(dst_fd, "", st.st_uid, st.st_gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
+    return errno;
   std::string names;
   if (int err = list_xattrs(src_path_fd, &names)) return err;
   std::string value;
@@ -193,9 +197,6 @@ int OverlayFs::copy_meta(int src_path_fd, int dst_fd, int, const char*, const st
         errno != EOPNOTSUPP && errno != ENOTSUP)
       return errno;
   }
-  // Owner before mode (chown clears setuid/setgid), times last.
-  if (fchownat(dst_fd, "", st.st_uid, st.st_gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
-    return errno;
   if (!S_ISLNK(st.st_mode) && sys::fchmod_path(dst_fd, st.st_mode & 07777, false) != 0)
     return errno;
   struct timespec tv[2] = {st.st_atim, st.st_mtim};

@@ -28,6 +28,12 @@ int renameat2(int d1, const char* n1, int d2, const char* n2, unsigned flags) {
 
 bool has_lower_parts(const RealState& s) { return !s.in_upper || !s.lowers.empty(); }
 
+// With OCI whiteouts, ".wh.*" names are whiteout markers: creating one would hide a lower entry
+// and then not show itself (fuse-overlayfs refuses them the same way).
+bool oci_reserved(const OverlayConfig& c, const char* name) {
+  return c.oci_whiteouts && strncmp(name, ".wh.", 4) == 0;
+}
+
 }  // namespace
 
 int OverlayFs::whiteout_in_upper(int dirfd, const char* name, bool* is_whiteout) {
@@ -67,6 +73,7 @@ int OverlayFs::create_object(const Request& r, OvInode* dir, const char* name, m
                              const std::function<int(const CallerCreds&, int dirfd, const char* name)>& mk,
                              bool is_dir) {
   if (!has_upper_) return EROFS;
+  if (oci_reserved(cfg_.overlay, name)) return EINVAL;
   if (int err = copy_up(dir)) return err;
   auto ds = dir->state();
   uint32_t uid, gid;
@@ -246,6 +253,7 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
 int OverlayFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* newname,
                     fuse_entry_param* e) {
   if (!has_upper_) return EROFS;
+  if (oci_reserved(cfg_.overlay, newname)) return EINVAL;
   OvInode* in = inode(ino);
   OvInode* dir = inode(newparent);
   std::lock_guard<std::mutex> g(ns_m_);
@@ -392,6 +400,7 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
                       const char* newname, unsigned flags) {
   if (!has_upper_) return EROFS;
   if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) return EINVAL;
+  if (oci_reserved(cfg_.overlay, newname)) return EINVAL;
   const bool exchange = flags & RENAME_EXCHANGE;
   OvInode* d1 = inode(parent);
   OvInode* d2 = inode(newparent);

@@ -68,4 +68,18 @@ int Policy::check(const std::string& path, bool write) const {
   return result;
 }
 
+int Policy::check_below(const std::string& dir, bool write) const {
+  const std::string prefix = dir == "/" ? dir : dir + "/";
+  int result = 0;
+  for (const Compiled& r : rules_) {
+    if (!r.deny && !(r.read_only && write)) continue;
+    const size_t lit = r.glob.find_first_of("*?");
+    const size_t len = lit == std::string::npos ? r.glob.size() : lit;
+    if (len < prefix.size() || r.glob.compare(0, prefix.size(), prefix) != 0) continue;
+    if (r.deny) return EACCES;
+    result = EROFS;
+  }
+  return result;
+}
+
 }  // namespace fusekit

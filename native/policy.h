@@ -25,6 +25,9 @@ class Policy {
   // 0, EACCES or EROFS for an access (a change when write) of path ("/a/b").
   int check(const std::string& path, bool write) const;
   bool denied(const std::string& path) const { return check(path, false) == EACCES_; }
+  // 0, EACCES or EROFS for moving dir ("/a"): a rule anchored strictly below it (its literal
+  // part starts with "/a/") would lose what it protects when dir moves.
+  int check_below(const std::string& dir, bool write) const;
 
   // Exposed for tests of the matcher.
   static bool glob_match(const char* pat, const char* str);

@@ -72,6 +72,7 @@ struct Dispatch {
   uint64_t t0;
   Request r;
   bool denied = false;
+  bool change = false;   // a change is_change(op) cannot tell (an open for writing)
   bool capture = false;  // events are on: keep the paths
   std::string path, path2;
 
@@ -105,6 +106,13 @@ struct Dispatch {
     if (e) denied = true;
     return e;
   }
+  // A rename moves everything below the name too.
+  int check_below(fuse_ino_t ino, const char* name, bool write) {
+    if (s->policy().empty()) return 0;
+    int e = s->policy().check_below(s->path_for(ino, name), write);
+    if (e) denied = true;
+    return e;
+  }
 
   void done(int err) {
     uint64_t ns = now_ns() - t0;
@@ -114,7 +122,7 @@ struct Dispatch {
   void record_event(int err, uint64_t ns) {
     EventBus& b = s->events();
     bool audit = (denied && b.audit() != AuditMode::Off) ||
-                 (b.audit() == AuditMode::Changes && is_change(op));
+                 (b.audit() == AuditMode::Changes && (change || is_change(op)));
     if (!audit && !b.wants_trace(op, err)) return;
     Event e;
     timespec ts;
@@ -305,6 +313,8 @@ void ll_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
   // Moving out of or into a protected place is a change of both.
   if (int err = d.check(parent, name, true)) return d.reply_err(err);
   if (int err = d.check(newparent, newname, true, true)) return d.reply_err(err);
+  if (int err = d.check_below(parent, name, true)) return d.reply_err(err);
+  if (int err = d.check_below(newparent, newname, true)) return d.reply_err(err);
   d.reply_err(d.fs().rename(d.r, parent, name, newparent, newname, flags));
 }
 
@@ -312,6 +322,8 @@ void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* n
   Dispatch d(req, Op::Link);
   d.target(ino);
   d.target2(newparent, newname);
+  // A new name changes the inode too (link count, ctime), and would carry it out of its rule.
+  if (int err = d.check(ino, nullptr, true)) return d.reply_err(err);
   if (int err = d.check(newparent, newname, true, true)) return d.reply_err(err);
   fuse_entry_param e{};
   d.reply_entry(d.fs().link(d.r, ino, newparent, newname, &e), &e, false);
@@ -321,6 +333,7 @@ void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Dispatch d(req, Op::Open);
   d.target(ino);
   bool write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+  d.change = write;
   if (int err = d.check(ino, nullptr, write)) return d.reply_err(err);
   d.reply_open(d.fs().open(d.r, ino, fi), ino, fi);
 }
@@ -833,6 +846,7 @@ void Session::register_thread() {
 }
 
 size_t Session::notify(const Invalidations& in, WatchClient* client) {
+  std::lock_guard<std::mutex> g(notify_m_);  // teardown destroys the session under this lock
   fuse_session* se = se_;
   if (!se || closed_) return 0;
   Invalidations all;
@@ -939,8 +953,11 @@ void Session::teardown() {
   if (mounted_) fuse_session_unmount(se_);
   mounted_ = false;
   stop_watchdog();
-  fuse_session_destroy(se_);
-  se_ = nullptr;
+  {
+    std::lock_guard<std::mutex> g(notify_m_);
+    fuse_session_destroy(se_);
+    se_ = nullptr;
+  }
   std::function<void()> cb;
   {
     std::lock_guard<std::mutex> g(m_);
@@ -973,9 +990,24 @@ bool Session::unmount(UnmountMode mode, Error* err) {
   if (umount2(cfg_.mountpoint.c_str(), flags) != 0) {
     int e = errno;
     if (e == EINVAL || e == ENOENT) {
-      // Not mounted any more (unmounted from outside): the loop is ending by itself.
-      wait_closed();
-      return true;
+      // Not mounted here any more. Unmounted from outside, the loop ends by itself at once; but a
+      // mount detached lazily stays alive while files are open on it (or while a copy of it lives
+      // in another mount namespace), and waiting for that would never end.
+      if (wait_closed_for(std::chrono::seconds(2)) || mode == UnmountMode::Lazy) return true;
+      if (mode == UnmountMode::Force) {
+        if (abort_connection()) {
+          wait_closed();
+          return true;
+        }
+        *err = {EBUSY, "the mount of " + cfg_.mountpoint +
+                           " is detached but still in use, and aborting it needs fusectl (mount -t "
+                           "fusectl none /sys/fs/fuse/connections)"};
+        return false;
+      }
+      *err = {EBUSY, "the mount of " + cfg_.mountpoint +
+                         " is detached but still in use (open files, or a copy in another mount "
+                         "namespace); close them, or unmount with { force: true }"};
+      return false;
     }
     if (e == EBUSY) {
       *err = {EBUSY, "the mount point " + cfg_.mountpoint +
@@ -991,7 +1023,36 @@ bool Session::unmount(UnmountMode mode, Error* err) {
 }
 
 void Session::detach_now() {
-  if (!closed_) umount2(cfg_.mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW);
+  if (closed_) return;
+  // This process is going away and cannot answer any more: abort the connection, not only detach
+  // it. A file the process still has open on its own mount would otherwise make its exit wait
+  // forever for the answer to the final flush, keeping the watchdog's pipe open too.
+  struct statx stx;
+  const char* mp = cfg_.mountpoint.c_str();
+  if (statx(AT_FDCWD, mp, AT_STATX_DONT_SYNC | AT_SYMLINK_NOFOLLOW, STATX_TYPE, &stx) == 0 &&
+      makedev(stx.stx_dev_major, stx.stx_dev_minor) == mount_dev_) {
+    umount2(mp, MNT_FORCE | MNT_DETACH | UMOUNT_NOFOLLOW);
+    return;
+  }
+  abort_connection();  // already detached (lazily) but alive
+}
+
+bool Session::abort_connection() {
+  // Only fusectl, when mounted, reaches a connection that has no mount point any more. Its
+  // directories are named after the kernel's encoding of the device number.
+  char path[64];
+  snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort",
+           (major(mount_dev_) << 20) | minor(mount_dev_));
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, "1", 1) == 1;
+  close(fd);
+  return ok;
+}
+
+bool Session::wait_closed_for(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> l(m_);
+  return cv_.wait_for(l, timeout, [&] { return closed_.load(); });
 }
 
 bool Session::start_watchdog(Error* err) {

@@ -7,6 +7,7 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -49,7 +50,7 @@ class Session {
   bool closed() const { return closed_.load(); }
   // Called once, on the loop thread, when the session has ended for any reason.
   void set_on_closed(std::function<void()> fn);
-  // Detaches the mount without waiting (process exit).
+  // Detaches the mount and aborts its connection without waiting (process exit).
   void detach_now();
 
   const MountConfig& config() const { return cfg_; }
@@ -92,6 +93,9 @@ class Session {
  private:
   void loop();
   void teardown();
+  bool wait_closed_for(std::chrono::milliseconds timeout);
+  // Aborts the connection through fusectl (works without a mount point); false if unavailable.
+  bool abort_connection();
   bool start_watchdog(Error* err);
   void stop_watchdog();
 
@@ -106,6 +110,7 @@ class Session {
   bool mounted_ = false;
 
   std::mutex m_;
+  std::mutex notify_m_;
   std::condition_variable cv_;
   bool init_done_ = false;
   bool loop_ended_ = false;

@@ -1,0 +1,239 @@
+// Many processes at once against one mount: lookup vs forget under cache pressure, readdirplus
+// during churn, shared passthrough backing files with concurrent writers, and a forced unmount
+// with requests in flight. Load runs in child processes (test/helpers/child-load.ts) doing plain
+// synchronous Node fs calls, so the requests really overlap.
+import test, { type ExecutionContext } from 'ava';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+import { mountFixture } from './helpers/fixture';
+import {
+  type JsonChild,
+  isMounted,
+  nodeArgv,
+  pattern,
+  snapshot,
+  spawnChild,
+  waitFor,
+  within,
+} from './helpers/proc-util';
+
+function load(t: ExecutionContext, spec: Record<string, unknown>): JsonChild {
+  return spawnChild(t, nodeArgv('test/helpers/child-load.ts', JSON.stringify(spec)));
+}
+
+async function results(
+  children: JsonChild[],
+  timeoutMs = 150_000,
+): Promise<Record<string, number>[]> {
+  const done = await Promise.all(children.map((c) => c.message((m) => m.done === true, timeoutMs)));
+  return done.map((d) => d.counts as Record<string, number>);
+}
+
+/** Every outcome recorded must be 'ok' or one of the errno names allowed for that operation. */
+function assertOutcomes(
+  t: ExecutionContext,
+  counts: Record<string, number>,
+  allowed: Record<string, string[]>,
+): void {
+  for (const key of Object.keys(counts)) {
+    const [op, outcome] = key.split(':') as [string, string];
+    t.true(
+      outcome === 'ok' || (allowed[op] ?? []).includes(outcome),
+      `unexpected ${key} (x${counts[key]})`,
+    );
+  }
+}
+
+function sum(all: Record<string, number>[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const c of all) for (const [k, v] of Object.entries(c)) out[k] = (out[k] ?? 0) + v;
+  return out;
+}
+
+/** Makes the kernel drop unused dentries and inodes, which sends FORGETs to the daemon. "2" is
+ * exactly that; "3" would also empty the page cache of the whole machine and slow down everything
+ * else running on it without adding any FORGET. */
+async function dropCaches(): Promise<void> {
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+}
+
+test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes while caches are dropped', async (t) => {
+  const { root, src, mnt, m } = await mountFixture(
+    t,
+    { entryTimeout: 0.01, attrTimeout: 0.01 },
+    async (s) => {
+      await fsp.mkdir(path.join(s, 'h'));
+    },
+  );
+  const dir = path.join(mnt, 'h');
+  const children = [1, 2, 3, 4].map((seed) =>
+    load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * 7919 }),
+  );
+  // Its own process, so the drops keep coming whatever this process's thread pool is doing.
+  const stopFile = path.join(root, 'stop-dropping');
+  const dropper = spawnChild(t, [
+    'sh',
+    '-c',
+    'n=0; while [ ! -e "$1" ]; do echo 2 > /proc/sys/vm/drop_caches; n=$((n+1)); sleep 0.1; done; echo "{\\"drops\\":$n}"',
+    'sh',
+    stopFile,
+  ]);
+  let counts: Record<string, number>[];
+  try {
+    counts = await results(children);
+  } finally {
+    await fsp.writeFile(stopFile, '');
+  }
+  const drops = (await dropper.message((x) => typeof x.drops === 'number')).drops;
+  const all = sum(counts);
+  t.log(`drop_caches x${drops}`, all);
+  assertOutcomes(t, all, {
+    stat: ['ENOENT'],
+    create: ['EISDIR', 'ENOENT'],
+    unlink: ['ENOENT', 'EISDIR'],
+    rename: ['ENOENT', 'EISDIR', 'ENOTDIR', 'ENOTEMPTY'],
+    mkdir: ['EEXIST'],
+    rmdir: ['ENOENT', 'ENOTDIR'],
+    read: ['ENOENT', 'EISDIR'],
+  });
+  for (const op of ['stat', 'create', 'unlink', 'rename', 'mkdir', 'rmdir', 'readdir', 'read'])
+    t.true((all[`${op}:ok`] ?? 0) > 0, `some ${op} succeeded`);
+
+  // The mount still answers and mirrors the source exactly.
+  const viaMount = await snapshot(dir);
+  t.deepEqual(viaMount, await snapshot(path.join(src, 'h')));
+  for (const [name, value] of Object.entries(viaMount)) {
+    if (value !== '<dir>') t.regex(Buffer.from(value, 'base64').toString(), /^(n\d+)?$/, name);
+  }
+  const s = m.stats();
+  t.true(s.ops.forget!.count > 0, 'the kernel sent forgets');
+  t.true(s.ops.lookup!.count > 0);
+  // With nothing in use any more, dropping caches makes the kernel forget every inode but the
+  // root: a lookup count that went wrong under the race would keep one alive.
+  await waitFor(
+    'every inode forgotten',
+    async () => {
+      await dropCaches();
+      return m.stats().inodes === 1;
+    },
+    30_000,
+    200,
+  ).catch(() => undefined);
+  t.is(m.stats().inodes, 1, 'inodes still held after drop_caches');
+  t.deepEqual(await snapshot(dir), await snapshot(path.join(src, 'h')));
+});
+
+test('readdirplus while other processes create and unlink in the same directory', async (t) => {
+  const stable = Array.from({ length: 20 }, (_, i) => `s${i}`);
+  const { src, mnt, m } = await mountFixture(t, {}, async (s) => {
+    for (const n of stable) await fsp.writeFile(path.join(s, n), n);
+  });
+  const names = 50;
+  const churn = [1, 2].map((seed) =>
+    load(t, { mode: 'churn', dir: mnt, names, iterations: 3000, seed }),
+  );
+  const listers = [3, 4].map((seed) =>
+    load(t, { mode: 'lister', dir: mnt, names, stable, iterations: 600, seed }),
+  );
+  await results([...churn, ...listers]);
+  const done = await Promise.all(listers.map((c) => c.message((x) => x.done === true)));
+  for (const d of done) {
+    t.is(d.nproblems, 0, JSON.stringify(d.problems));
+    assertOutcomes(t, d.counts as Record<string, number>, {});
+  }
+  const churnCounts = sum(await results(churn));
+  t.log(churnCounts);
+  assertOutcomes(t, churnCounts, { unlink: ['ENOENT'] });
+  t.true(m.stats().ops.readdirplus!.count > 0, 'listings used readdirplus');
+  t.deepEqual(await snapshot(mnt), await snapshot(src));
+  for (const n of stable) t.is(await fsp.readFile(path.join(mnt, n), 'utf8'), n);
+});
+
+test('passthrough: one shared backing file, many readers, concurrent writers, correct data', async (t) => {
+  const size = 2 << 20;
+  const seed = 12345;
+  const data = pattern(size, seed);
+  const { src, mnt, m } = await mountFixture(t, { passthrough: 'on' }, async (s) => {
+    await fsp.writeFile(path.join(s, 'big.bin'), data);
+  });
+  t.true(m.passthrough);
+  const file = path.join(mnt, 'big.bin');
+
+  // Three opens at once share one backing file.
+  const s0 = m.stats().passthrough;
+  const fhs = await Promise.all([1, 2, 3].map(() => fsp.open(file, 'r')));
+  try {
+    const s1 = m.stats().passthrough;
+    t.is(s1.opens - s0.opens, 3);
+    t.is(s1.backingRegistered - s0.backingRegistered, 1, 'one backing file for the inode');
+    t.is(s1.backingActive, 1);
+    for (const fh of fhs) t.deepEqual(await fh.readFile(), data);
+  } finally {
+    await Promise.all(fhs.map((fh) => fh.close()));
+  }
+  await waitFor('backing file released', () => m.stats().passthrough.backingActive === 0);
+
+  const readers = [1, 2, 3, 4].map((r) =>
+    load(t, { mode: 'reader', path: file, size, seed, iterations: 150, seed2: r }),
+  );
+  const writers = [5, 6].map((r) =>
+    load(t, { mode: 'writer', path: file, size, seed, iterations: 300, rngSeed: r }),
+  );
+  const [r1, r2, r3, r4, w1, w2] = await results([...readers, ...writers]);
+  const reads = sum([r1!, r2!, r3!, r4!]);
+  const writes = sum([w1!, w2!]);
+  t.log(reads, writes, m.stats().passthrough);
+  t.deepEqual(reads, { 'read:ok': 600 }, 'every read saw the exact bytes');
+  t.deepEqual(writes, { 'write:ok': 600 });
+  const st = m.stats().passthrough;
+  t.true(st.opens >= 600, 'reads went through passthrough opens');
+  t.is(st.failures, 0);
+  t.deepEqual(await fsp.readFile(path.join(src, 'big.bin')), data);
+  t.deepEqual(await fsp.readFile(file), data);
+  await waitFor('every backing file released', () => m.stats().passthrough.backingActive === 0);
+});
+
+for (const [transport, passthrough] of [
+  ['dev', 'off'],
+  ['auto', 'off'],
+  ['auto', 'auto'],
+] as const) {
+  test(`force unmount with reads in flight (transport ${transport}, passthrough ${passthrough}): readers get errors, no hang`, async (t) => {
+    const size = 1 << 20;
+    const seed = 777;
+    const { src, mnt, m } = await mountFixture(t, { transport, passthrough }, async (s) => {
+      await fsp.writeFile(path.join(s, 'data.bin'), pattern(size, seed));
+    });
+    const before = await snapshot(src);
+    const readers = [1, 2, 3].map((r) =>
+      load(t, {
+        mode: 'read-until-error',
+        path: path.join(mnt, 'data.bin'),
+        size,
+        seed,
+        rngSeed: r,
+      }),
+    );
+    await Promise.all(readers.map((c) => c.message((x) => x.ready === true, 180_000)));
+    await within('force unmount', m.unmount({ force: true }));
+    t.true(m.isClosed);
+    t.false(isMounted(mnt));
+    const counts = await within('readers to give up', results(readers, 60_000), 90_000);
+    for (const c of readers)
+      t.deepEqual(await within('reader exit', c.exited), { code: 0, signal: null });
+    const all = sum(counts);
+    t.log(all);
+    t.falsy(all['pread:BADDATA'], 'no read returned wrong data');
+    t.falsy(all['reopen:BADDATA']);
+    t.true(
+      (all['reopen:ENOENT'] ?? 0) + (all['reopen:ENOTCONN'] ?? 0) > 0,
+      'readers saw the mount go',
+    );
+    // ECONNABORTED: a request that was in flight when the connection was aborted.
+    const gone = ['ENOTCONN', 'ECONNABORTED'];
+    assertOutcomes(t, all, { pread: gone, reopen: ['ENOENT', ...gone], close: gone });
+    t.deepEqual(await fsp.readdir(mnt), []);
+    t.deepEqual(await snapshot(src), before);
+  });
+}
