@@ -123,6 +123,7 @@ export async function traceCommand(
 ): Promise<void> {
   let n = 0;
   const t = await controlTrace(mountpoint, options, (e) => {
+    if (options.count && n >= options.count) return;  // the rest of the last batch
     process.stdout.write((options.json ? JSON.stringify(e) : formatEvent(e)) + '\n');
     if (options.count && ++n >= options.count) t.stop();
   });
