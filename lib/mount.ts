@@ -13,7 +13,10 @@ export type MountStats = NativeStats;
 export interface UnmountOptions {
   /** Detach now even if busy; open files keep working until closed. */
   lazy?: boolean;
-  /** Abort the connection: in-flight and later requests on open files fail. */
+  /**
+   * Abort the connection: requests the daemon would serve fail. Files opened with kernel
+   * passthrough keep reading and writing their backing file until closed (the kernel's doing).
+   */
   force?: boolean;
 }
 

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -635,7 +636,37 @@ std::string escape_opt(const std::string& s) {
 // The watchdog: a forked child that outlives this process. It only runs async-signal-safe calls
 // (the parent is multithreaded). If the parent closes the pipe without saying 'D' (it died), the
 // mount is detached, but only if it is still this session's mount (its device matches) or dead.
-[[noreturn]] void watchdog_main(int rfd, const char* mountpoint, dev_t dev) {
+// Whether process pid is exiting; async-signal-safe (runs in the forked watchdog).
+bool parent_exiting(pid_t pid) {
+  char path[32] = "/proc/";
+  char num[12];
+  int len = 0;
+  for (pid_t v = pid; v > 0 && len < 11; v /= 10) num[len++] = static_cast<char>('0' + v % 10);
+  char* p = path + 6;
+  while (len) *p++ = num[--len];
+  memcpy(p, "/stat", 6);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;  // gone
+  char buf[1024];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  // "pid (comm) state ppid pgrp session tty tpgid flags ...": comm may hold anything, so count
+  // fields after its closing parenthesis.
+  char* s = nullptr;
+  for (char* q = buf; *q; q++)
+    if (*q == ')') s = q;
+  if (!s) return false;
+  int field = 2;
+  for (s++; *s && field < 9; s++)
+    if (*s == ' ') field++;
+  unsigned long flags = 0;
+  while (*s >= '0' && *s <= '9') flags = flags * 10 + static_cast<unsigned long>(*s++ - '0');
+  return flags & 0x4;  // PF_EXITING
+}
+
+[[noreturn]] void watchdog_main(int rfd, const char* mountpoint, dev_t dev, pid_t parent) {
   setsid();  // keep terminal signals aimed at the daemon's process group away
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -655,17 +686,28 @@ std::string escape_opt(const std::string& s) {
   if (rfd != 3) dup2(rfd, 3);
   close_range(4, ~0U, 0);
   prctl(PR_SET_NAME, "fusekit-watch", 0, 0, 0);
-  char c = 0;
-  ssize_t n;
-  do {
-    n = read(3, &c, 1);
-  } while (n < 0 && errno == EINTR);
-  if (n == 1 && c == 'D') _exit(0);
+  for (;;) {
+    // The pipe closes when the daemon's process ends. But a process that dies holding a file of
+    // its own mount gets stuck in its exit, waiting on a FLUSH it can no longer answer, and never
+    // closes the pipe: so also look at whether it is exiting (PF_EXITING in /proc/PID/stat).
+    pollfd p = {3, POLLIN, 0};
+    int r = poll(&p, 1, 250);
+    if (r > 0) {
+      char c = 0;
+      ssize_t n = read(3, &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 1 && c == 'D') _exit(0);
+      break;  // EOF: the daemon's process is gone
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (parent_exiting(parent)) break;
+  }
   // AT_STATX_DONT_SYNC answers from the kernel's cache: it never waits for a daemon.
   struct statx stx;
   int r = statx(AT_FDCWD, mountpoint, AT_STATX_DONT_SYNC | AT_SYMLINK_NOFOLLOW, STATX_TYPE, &stx);
   bool ours = r == 0 ? makedev(stx.stx_dev_major, stx.stx_dev_minor) == dev : errno == ENOTCONN;
-  if (ours) umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);
+  // MNT_FORCE aborts the connection, which releases a process stuck on it; then detach.
+  if (ours) umount2(mountpoint, MNT_FORCE | MNT_DETACH | UMOUNT_NOFOLLOW);
   _exit(0);
 }
 
@@ -780,7 +822,15 @@ bool Session::start(Error* err) {
   errno = 0;
   if (fuse_session_mount(se_, cfg_.mountpoint.c_str()) != 0) {
     int e = errno ? errno : EIO;
-    *err = {e, "mounting " + cfg_.mountpoint + " failed: " + recent_log()};
+    // Without CAP_SYS_ADMIN libfuse hands the mount to fusermount3, and errno is whatever its
+    // search for the helper left behind: say what is missing instead.
+    if (!has_cap_sys_admin() && (e == ENOENT || e == EIO)) e = EPERM;
+    std::string why = recent_log();
+    if (why.empty())
+      why = std::string(strerror(e)) +
+            (e == EPERM ? " (mounting needs CAP_SYS_ADMIN, or a fusermount3 that may mount here)"
+                        : "");
+    *err = {e, "mounting " + cfg_.mountpoint + " failed: " + why};
     fuse_session_destroy(se_);
     se_ = nullptr;
     return false;
@@ -1063,6 +1113,7 @@ bool Session::start_watchdog(Error* err) {
   }
   const char* mp = cfg_.mountpoint.c_str();
   const dev_t dev = mount_dev_;
+  const pid_t self = getpid();
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -1071,7 +1122,7 @@ bool Session::start_watchdog(Error* err) {
     *err = {e, "cannot start the unmount watchdog"};
     return false;
   }
-  if (pid == 0) watchdog_main(p[0], mp, dev);
+  if (pid == 0) watchdog_main(p[0], mp, dev, self);
   close(p[0]);
   watchdog_fd_ = p[1];
   watchdog_pid_ = pid;
