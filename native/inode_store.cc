@@ -1,6 +1,9 @@
 #include "inode_store.h"
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <new>
@@ -83,6 +86,11 @@ InodeStore::~InodeStore() {
       if (in != root_) delete in;
     }
     s.map.clear();
+    for (Inode* in : s.retired) {
+      in->parent = nullptr;
+      delete in;
+    }
+    s.retired.clear();
   }
   delete root_;
   if (mount_fd_ >= 0) close(mount_fd_);
@@ -150,10 +158,11 @@ void InodeStore::cache_insert(Inode* in) {
       close(v->fd);
       v->fd = -1;
       fds_open_.fetch_sub(1, std::memory_order_relaxed);
-      v->ring_pos = -1;
       ring_[hand_] = ring_.back();
       ring_[hand_]->ring_pos = static_cast<int64_t>(hand_);
       ring_.pop_back();
+      // After the move: when v was the last entry, the line above pointed it at its old slot.
+      v->ring_pos = -1;
     } else {
       v->referenced = false;
       hand_++;
@@ -197,6 +206,48 @@ Inode* InodeStore::ref(const InodeKey& key) {
   return it->second;
 }
 
+bool InodeStore::handle_of(int dirfd, const char* name, ObjHandle* out) const {
+  if (mount_fd_ < 0) return false;
+  out->fh.handle_bytes = sizeof out->bytes;
+  int mount_id;
+  return name_to_handle_at(dirfd, name, &out->fh, &mount_id, *name ? 0 : AT_EMPTY_PATH) == 0;
+}
+
+bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h) {
+  if (!h || !in->handle) return true;  // an inode without a handle keeps its descriptor
+  auto* mine = reinterpret_cast<const struct file_handle*>(in->handle.get());
+  if (mine->handle_type == h->fh.handle_type && mine->handle_bytes == h->fh.handle_bytes &&
+      memcmp(mine->f_handle, h->fh.f_handle, mine->handle_bytes) == 0)
+    return true;
+  if (getenv("FUSEKIT_DBG_RETIRE")) {
+    fprintf(stderr, "RETIRE ino=%llu mine(type=%d,len=%u) new(type=%d,len=%u) nl=%llu\n",
+            (unsigned long long)in->key.ino, mine->handle_type, mine->handle_bytes, h->fh.handle_type,
+            h->fh.handle_bytes, (unsigned long long)in->nlookup.load());
+  }
+  s.map.erase(in->key);
+  s.retired.insert(in);
+  return false;
+}
+
+Inode* InodeStore::ref(const InodeKey& key, const ObjHandle* h) {
+  Shard& s = shard(key);
+  std::lock_guard<std::mutex> g(s.m);
+  auto it = s.map.find(key);
+  if (it == s.map.end() || !still_same(s, it->second, h)) return nullptr;
+  it->second->nlookup.fetch_add(1, std::memory_order_relaxed);
+  return it->second;
+}
+
+void InodeStore::ref_inode(Inode* in) {
+  if (in == root_) {
+    root_->nlookup.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  Shard& s = shard(in->key);
+  std::lock_guard<std::mutex> g(s.m);
+  in->nlookup.fetch_add(1, std::memory_order_relaxed);
+}
+
 Inode* InodeStore::ref_nodeid(fuse_ino_t nodeid) {
   if (nodeid == FUSE_ROOT_ID) {
     root_->nlookup.fetch_add(1, std::memory_order_relaxed);
@@ -215,11 +266,11 @@ Inode* InodeStore::ref_nodeid(fuse_ino_t nodeid) {
 }
 
 Inode* InodeStore::ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make,
-                                 bool* created) {
+                                 bool* created, const ObjHandle* h) {
   Shard& s = shard(key);
   std::lock_guard<std::mutex> g(s.m);
   auto it = s.map.find(key);
-  if (it != s.map.end()) {
+  if (it != s.map.end() && still_same(s, it->second, h)) {
     it->second->nlookup.fetch_add(1, std::memory_order_relaxed);
     *created = false;
     return it->second;
@@ -250,7 +301,11 @@ void InodeStore::unref(Inode* in, uint64_t n) {
     uint64_t left = n >= cur ? 0 : cur - n;
     in->nlookup.store(left, std::memory_order_relaxed);
     if (left) return;
-    s.map.erase(in->key);
+    auto it = s.map.find(in->key);
+    if (it != s.map.end() && it->second == in)
+      s.map.erase(it);
+    else
+      s.retired.erase(in);
     nodes_.release(in->nodeid);
   }
   count_.fetch_sub(1, std::memory_order_relaxed);
@@ -277,7 +332,7 @@ std::string InodeStore::path_of(const Inode* in) {
 
 void InodeStore::set_name(Inode* in, Inode* dir, const char* name) {
   if (in == root_) return;
-  ref(dir->key);
+  ref_inode(dir);
   Inode* old;
   {
     std::lock_guard<std::mutex> g(names_m);

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace fusekit {
@@ -46,6 +47,12 @@ struct LockOwners {
 
 class InodeStore;
 
+// A file handle as name_to_handle_at gives it: what identifies an object in file-handle mode.
+struct ObjHandle {
+  struct file_handle fh;
+  unsigned char bytes[128];
+};
+
 struct Inode {
   virtual ~Inode();
 
@@ -72,8 +79,14 @@ struct Inode {
   uint32_t ncached = 0;
   uint32_t nwriters = 0;  // opens for writing through the mount
   // Writes through the mount show up in the watcher as changes by the writing process (passthrough
-  // I/O runs in its context); each closed writer leaves one such event to ignore.
-  uint32_t own_write_events = 0;
+  // I/O and the backing file's close run in its context), often read after the close: the file as
+  // the last writer through the mount left it, so a data event that finds it so is the mount's own.
+  // Allocated at the first such close.
+  struct WrittenState {
+    off_t size;
+    struct timespec mtime, ctime;
+  };
+  std::unique_ptr<WrittenState> own_write;
   int backing_id = 0;
   bool backing_writable = false;
   InodeKey backing_real{};  // the real file the backing file is (overlay: changes at copy-up)
@@ -158,7 +171,20 @@ class InodeStore {
   Inode* ref(const InodeKey& key);
   // Takes a lookup reference, building the inode with make() (called under the shard lock, so it
   // must not block) when the key is unknown. *created tells which happened.
-  Inode* ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make, bool* created);
+  Inode* ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make, bool* created,
+                       const ObjHandle* h = nullptr);
+
+  // File-handle mode: an inode holds nothing that keeps the filesystem from reusing its inode
+  // number once the object is deleted (behind the kernel's back, or before the kernel's forget
+  // arrives), so (dev, ino) alone may find a stale inode for a new object. handle_of gives the
+  // handle of dirfd/name ("" for dirfd itself; false outside handle mode); ref(key, h) and
+  // ref_or_insert(..., h) retire a found inode whose handle differs (it stays valid by node id
+  // until the kernel forgets it) and treat the key as unknown.
+  bool handle_of(int dirfd, const char* name, ObjHandle* out) const;
+  Inode* ref(const InodeKey& key, const ObjHandle* h);
+  // Another lookup reference on an inode at hand (found by node id, or already referenced): not
+  // by its key, which a retired inode no longer owns.
+  void ref_inode(Inode* in);
   // Drops n lookup references; frees the inode (and closes its descriptor) at zero.
   void unref(Inode* in, uint64_t n);
 
@@ -180,7 +206,10 @@ class InodeStore {
   struct Shard {
     std::mutex m;
     std::unordered_map<InodeKey, Inode*, InodeKeyHash> map;
+    std::unordered_set<Inode*> retired;  // stale inodes the kernel still holds (see handle_of)
   };
+  // Under the shard lock: false (and `in` retired) when h names another object than in.
+  bool still_same(Shard& s, Inode* in, const ObjHandle* h);
   Shard& shard(const InodeKey& k) { return shards_[InodeKeyHash()(k) % kShards]; }
 
   Shard shards_[kShards];

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <new>
+
 #include "locks.h"
 #include "sys.h"
 
@@ -81,7 +83,13 @@ void OpenFiles::detach(Inode* in, FileHandle* h) {
     int backing = 0;
     if (h->writer) {
       in->nwriters--;
-      in->own_write_events++;
+      struct stat st;
+      if (fstat(h->fd, &st) == 0) {
+        if (!in->own_write) in->own_write.reset(new (std::nothrow) Inode::WrittenState);
+        if (in->own_write) *in->own_write = {st.st_size, st.st_mtim, st.st_ctim};
+      } else {
+        in->own_write.reset();
+      }
     }
     if (h->kind == FileHandle::Cached) {
       in->ncached--;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <fuse_lowlevel.h>
+#include <sys/stat.h>
 
 #include "inode_store.h"
 #include "session.h"
@@ -25,14 +26,26 @@ struct FileHandle {
 };
 
 // Whether a data change the watcher saw is the mount's own: the file is being written through
-// the mount, or a writer through the mount closed it and this is that close's event.
-inline bool written_through_mount(Inode* in) {
+// the mount, or it is still as the last writer through the mount left it (the event is that
+// writer's, read late). stat_now gives the real file's attributes; it is asked only then.
+template <class StatNow>
+bool written_through_mount(Inode* in, StatNow stat_now) {
+  {
+    std::lock_guard<std::mutex> g(in->m);
+    if (in->nwriters > 0) return true;
+    if (!in->own_write) return false;
+  }
+  struct stat st;
+  const bool have = stat_now(&st);  // outside in->m: it may take the store's descriptor locks
   std::lock_guard<std::mutex> g(in->m);
   if (in->nwriters > 0) return true;
-  if (in->own_write_events > 0) {
-    in->own_write_events--;
+  if (!in->own_write) return false;
+  const Inode::WrittenState& w = *in->own_write;
+  if (have && st.st_size == w.size && st.st_mtim.tv_sec == w.mtime.tv_sec &&
+      st.st_mtim.tv_nsec == w.mtime.tv_nsec && st.st_ctim.tv_sec == w.ctime.tv_sec &&
+      st.st_ctim.tv_nsec == w.ctime.tv_nsec)
     return true;
-  }
+  in->own_write.reset();  // changed by someone else since: from now on every event counts
   return false;
 }
 

@@ -294,7 +294,8 @@ void OverlayFs::changed(const InodeKey* dir, const char* name, const InodeKey* o
   if (obj) {
     for (auto& k : owners(*obj)) {
       if (auto* o = static_cast<OvInode*>(store_.ref(k))) {
-        if (!(data_only && written_through_mount(o))) out->inodes.push_back(o->nodeid);
+        auto stat_now = [&](struct stat* st) { return fstat(o->state()->fd, st) == 0; };
+        if (!(data_only && written_through_mount(o, stat_now))) out->inodes.push_back(o->nodeid);
         store_.unref(o, 1);
       }
     }

@@ -196,7 +196,10 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
   if (!dfd) return dfd.error();
   struct stat st;
   if (fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
-  Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino});
+  // File-handle mode: the handle tells whether a known (dev, ino) is still the same object.
+  ObjHandle h;
+  const bool known_h = store_.handle_of(dfd.get(), name, &h);
+  Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino}, known_h ? &h : nullptr);
   if (!in) {
     int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return errno;
@@ -206,8 +209,9 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
       close(fd);
       return err;
     }
+    const bool fd_h = store_.handle_of(fd, "", &h);
     bool created = false;
-    store_.ref(dir->key);  // the new inode's reference on its parent
+    store_.ref_inode(dir);  // the new inode's reference on its parent
     try {
       in = store_.ref_or_insert(
           {static_cast<uint64_t>(st.st_dev), st.st_ino},
@@ -220,7 +224,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
             n->name = name;
             return n;
           },
-          &created);
+          &created, fd_h ? &h : nullptr);
     } catch (const std::bad_alloc&) {
       store_.unref(dir, 1);
       close(fd);
@@ -242,7 +246,8 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
 int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e) {
   Inode* target = nullptr;
   if (name[1] == 0 || dir == store_.root()) {
-    target = store_.ref(dir->key);  // "." and ".." of the root are the directory itself
+    store_.ref_inode(dir);  // "." and ".." of the root are the directory itself
+    target = dir;
   } else {
     // Export support: ".." of a directory. The private clone refuses to leave the source.
     PathFd d(store_, dir);
@@ -255,6 +260,8 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
       close(fd);
       return err;
     }
+    ObjHandle h;
+    const bool fd_h = store_.handle_of(fd, "", &h);
     bool created = false;
     target = store_.ref_or_insert(
         {static_cast<uint64_t>(st.st_dev), st.st_ino},
@@ -265,7 +272,7 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
           n->store = &store_;
           return n;
         },
-        &created);
+        &created, fd_h ? &h : nullptr);
     if (!created)
       close(fd);
     else
@@ -450,7 +457,10 @@ int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_in
   auto renamed = [&](Inode* dir, int dfd, const char* n) {
     struct stat st;
     if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
-    if (Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino})) {
+    ObjHandle h;
+    const bool known_h = store_.handle_of(dfd, n, &h);
+    const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    if (Inode* in = store_.ref(key, known_h ? &h : nullptr)) {
       store_.set_name(in, dir, n);
       store_.unref(in, 1);
     }
@@ -497,14 +507,16 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name,
   struct stat st;
   if (fstat(fd, &st) != 0) return errno;
   InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-  Inode* in = store_.ref(key);
+  ObjHandle h;
+  const bool fd_h = store_.handle_of(fd, "", &h);
+  Inode* in = store_.ref(key, fd_h ? &h : nullptr);
   if (!in) {
     // The inode's own descriptor: O_PATH to the same file, or (O_TMPFILE) a duplicate, since an
     // anonymous file can only be linked in later through a real descriptor.
     int pfd = keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH);
     if (pfd < 0) return errno;
     bool created = false;
-    if (name) store_.ref(dir->key);
+    if (name) store_.ref_inode(dir);
     in = store_.ref_or_insert(
         key,
         [&] {
@@ -518,7 +530,7 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name,
           }
           return n;
         },
-        &created);
+        &created, fd_h ? &h : nullptr);
     if (!created) {
       if (name) store_.unref(dir, 1);
       close(pfd);
@@ -862,11 +874,20 @@ void PassthroughFs::changed(const InodeKey* dir, const char* name, const InodeKe
   // A write to a file being written through the mount is (most likely) the mount's own: the
   // kernel updated its cache as it went.
   auto file_changed = [&](Inode* o) {
-    if (!(data_only && written_through_mount(o))) out->inodes.push_back(o->nodeid);
+    auto stat_now = [&](struct stat* st) {
+      PathFd f(store_, o);
+      return f && fstat(f.get(), st) == 0;
+    };
+    if (!(data_only && written_through_mount(o, stat_now))) out->inodes.push_back(o->nodeid);
   };
   if (dir) {
     if (Inode* d = store_.ref(*dir)) {
-      if (name && !data_only) out->entries.emplace_back(d->nodeid, name);
+      if (name && !data_only) {
+        out->entries.emplace_back(d->nodeid, name);
+        // The directory's own attributes (mtime, nlink) changed too; the kernel drops them with a
+        // cached entry of the name, but a name it never looked up has none to drop.
+        out->inodes.push_back(d->nodeid);
+      }
       struct stat st;
       // inotify does not say which object changed: find it by name.
       PathFd dfd(store_, d);

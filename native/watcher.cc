@@ -74,7 +74,20 @@ bool Watcher::start_fanotify(std::string* why) {
       filesystems_.clear();
       return false;
     }
-    filesystems_.push_back({fsid, st.st_dev, mfd});
+    // Handle type 1 is FILEID_INO32_GEN ({ino, gen}) on most filesystems, but not on all (tmpfs
+    // uses it for {gen, ino, ino >> 32}): trust the layout only where the root's handle shows it.
+    struct {
+      struct file_handle fh;
+      unsigned char bytes[MAX_HANDLE_SZ];
+    } rh;
+    rh.fh.handle_bytes = MAX_HANDLE_SZ;
+    int mnt_id;
+    uint32_t first = 0;
+    bool ino32 = name_to_handle_at(mfd, "", &rh.fh, &mnt_id, AT_EMPTY_PATH) == 0 &&
+                 rh.fh.handle_type == 1 && rh.fh.handle_bytes == 8;
+    if (ino32) memcpy(&first, rh.fh.f_handle, 4);
+    ino32 = ino32 && first == st.st_ino;
+    filesystems_.push_back({fsid, st.st_dev, mfd, ino32});
   }
   fd_ = fd;
   mode_ = WatchMode::Fanotify;
@@ -140,7 +153,7 @@ bool Watcher::key_of_handle(const void* fsid, const struct file_handle* fh, Inod
   for (auto& f : filesystems_) {
     if (f.fsid != id) continue;
     // FILEID_INO32_GEN carries the inode number: no syscall for events about other files.
-    if (fh->handle_type == 1 && fh->handle_bytes >= 8) {
+    if (f.ino32 && fh->handle_type == 1 && fh->handle_bytes == 8) {
       uint32_t ino;
       memcpy(&ino, fh->f_handle, 4);
       *key = {static_cast<uint64_t>(f.dev), ino};

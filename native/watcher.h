@@ -86,6 +86,7 @@ class Watcher {
     uint64_t fsid;  // statfs f_fsid
     dev_t dev;
     int mount_fd;   // O_RDONLY root, for open_by_handle_at
+    bool ino32;     // its handles of type 1 are FILEID_INO32_GEN: the inode number comes first
   };
   std::vector<Fs> filesystems_;
 
