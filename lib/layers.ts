@@ -237,19 +237,20 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
       };
       const whiteout = (rel: string): Buffer =>
         entryHeader({ path: rel, type: 'file', mode: 0, uid: 0, gid: 0, mtime: 0, size: 0 });
-      // A renamed directory, written whole from the merged view.
-      const materialize = async function* (rel: string): AsyncGenerator<Buffer> {
+      // The merged view of upper over the lowers, read-only, for what the upper alone cannot say.
+      const mergedDir = async (why: string): Promise<string> => {
         if (!options.lower)
-          throw new FusekitError(
-            'EINVAL',
-            `${upper} holds directories renamed through an overlay (${rel}); pass the lower layers to export it`,
-          );
+          throw new FusekitError('EINVAL', `${upper} holds ${why}; pass the lower layers to export it`);
         if (!merged) {
           const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fusekit-export-'));
           const m = await mount({ mountpoint: dir, overlay: { lower: [upper, ...options.lower] } });
           merged = { m, dir };
         }
-        const base = path.join(merged.dir, rel);
+        return merged.dir;
+      };
+      // A renamed directory, written whole from the merged view.
+      const materialize = async function* (rel: string): AsyncGenerator<Buffer> {
+        const base = path.join(await mergedDir(`directories renamed through an overlay (${rel})`), rel);
         const st = await fsp.lstat(base);
         yield* emit(base, rel, st, xattrs(base));
         yield whiteout(`${rel}/.wh..wh..opq`);
@@ -259,6 +260,9 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
         }
       };
       const skip: string[] = [];
+      // Lower hard links copied up through one name (their data shared by work/index): the other
+      // names still live in the lowers only, and an OCI consumer would keep the old data there.
+      const aliased: string[] = [];
       for await (const n of walk(upper)) {
         if (skip.some((s) => n.rel.startsWith(s + '/'))) continue;
         const parent = path.posix.dirname(n.rel);
@@ -279,8 +283,75 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
           continue;
         }
         yield* emit(n.abs, n.rel, n.st, n.x);
+        if (n.st.isFile() && n.st.nlink > 1 && `${OVL}nlink` in n.x) aliased.push(n.rel);
         if (n.st.isDirectory() && n.x[`${OVL}opaque`]?.toString() === 'y')
           yield whiteout(`${n.rel}/.wh..wh..opq`);
+      }
+      if (aliased.length) {
+        if (!options.lower)
+          throw new FusekitError(
+            'EINVAL',
+            `${upper} holds lower hard links changed through one of their names (${aliased[0]}); pass the lower layers to export it`,
+          );
+        // Every other name of such an inode in the lowers becomes a hard link to the name the layer
+        // holds. The copy came from the same path in a lower (or, after a rename, from the inode
+        // its origin names).
+        const names = new Map<string, Map<string, string[]>>(); // layer -> "dev:ino" -> paths
+        const linksOf = async (layer: string): Promise<Map<string, string[]>> => {
+          let m = names.get(layer);
+          if (!m) {
+            m = new Map();
+            for await (const n of walk(layer)) {
+              if (n.st.isDirectory() || n.st.nlink < 2) continue;
+              const k = `${n.st.dev}:${n.st.ino}`;
+              m.set(k, [...(m.get(k) ?? []), n.rel]);
+            }
+            names.set(layer, m);
+          }
+          return m;
+        };
+        const emitted = new Set<string>();
+        for (const rel of aliased) {
+          let found: { layer: string; key: string } | undefined;
+          for (const l of options.lower) {
+            const st = await fsp.lstat(path.join(l, rel)).catch(() => undefined);
+            if (st && st.nlink > 1 && !st.isDirectory()) {
+              found = { layer: l, key: `${st.dev}:${st.ino}` };
+              break;
+            }
+          }
+          if (!found) {
+            const origin = xattrs(path.join(upper, rel))[`${OVL}origin`];
+            // FILEID_INO32_GEN origins carry the inode number (ext4, xfs).
+            if (origin && origin.length >= 29 && origin[4] === 1) {
+              const ino = origin.readUInt32LE(21);
+              for (const l of options.lower) {
+                const dev = (await fsp.lstat(l)).dev;
+                if ((await linksOf(l)).has(`${dev}:${ino}`)) {
+                  found = { layer: l, key: `${dev}:${ino}` };
+                  break;
+                }
+              }
+            }
+          }
+          if (!found) continue;
+          for (const q of (await linksOf(found.layer)).get(found.key) ?? []) {
+            if (q === rel || emitted.has(q)) continue;
+            // A name the upper has (copied up, replaced, or whited out) was written above.
+            if (await fsp.lstat(path.join(upper, q)).then(() => true, () => false)) continue;
+            const st = await fsp.lstat(path.join(found.layer, q));
+            emitted.add(q);
+            yield entryHeader({
+              path: q,
+              type: 'link',
+              linkname: rel,
+              mode: st.mode & 0o7777,
+              uid: st.uid,
+              gid: st.gid,
+              mtime: Math.floor(st.mtimeMs) / 1000,
+            });
+          }
+        }
       }
       yield trailer();
     };
