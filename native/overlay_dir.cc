@@ -115,6 +115,11 @@ int OverlayFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   auto* h = new (std::nothrow) OvDirHandle;
   if (!h) return ENOMEM;
   fi->fh = reinterpret_cast<uint64_t>(h);
+  // The kernel may keep the listing between opens; changes through the mount, an mtime change of
+  // the directory or a watcher's invalidation drop it. A merged directory's mtime is its top
+  // layer's, blind to changes in the layers below, so without a watcher it is not kept.
+  fi->cache_readdir = fi->keep_cache =
+      cfg_.attr_timeout > 0 && (cfg_.watch || inode(ino)->state()->lowers.empty());
   return 0;
 }
 

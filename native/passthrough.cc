@@ -671,6 +671,9 @@ int PassthroughFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   }
   d->fd = fd;
   fi->fh = reinterpret_cast<uint64_t>(d);
+  // Let the kernel keep the listing between opens: it drops it itself when the directory changes
+  // through the mount or its mtime changes (attribute refresh, or a watcher's invalidation).
+  fi->cache_readdir = fi->keep_cache = cfg_.attr_timeout > 0;
   return 0;
 }
 
