@@ -1,8 +1,6 @@
 #include "inode_store.h"
 
 #include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -219,11 +217,6 @@ bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h) {
   if (mine->handle_type == h->fh.handle_type && mine->handle_bytes == h->fh.handle_bytes &&
       memcmp(mine->f_handle, h->fh.f_handle, mine->handle_bytes) == 0)
     return true;
-  if (getenv("FUSEKIT_DBG_RETIRE")) {
-    fprintf(stderr, "RETIRE ino=%llu mine(type=%d,len=%u) new(type=%d,len=%u) nl=%llu\n",
-            (unsigned long long)in->key.ino, mine->handle_type, mine->handle_bytes, h->fh.handle_type,
-            h->fh.handle_bytes, (unsigned long long)in->nlookup.load());
-  }
   s.map.erase(in->key);
   s.retired.insert(in);
   return false;
