@@ -53,6 +53,9 @@ class Filesystem {
   // Negotiates capabilities; `session` stays valid until destroy().
   virtual void init(Session* session, fuse_conn_info* conn) = 0;
   virtual void destroy() = 0;
+  // After the session ended (no request or helper thread runs any more): closes every descriptor
+  // and frees every inode now, not when the JS handle is collected. Stats stay readable.
+  virtual void release() = 0;
 
   virtual int lookup(Request& r, fuse_ino_t parent, const char* name, fuse_entry_param* e) = 0;
   virtual void forget(fuse_ino_t ino, uint64_t nlookup) = 0;

@@ -75,27 +75,48 @@ void NodeTable::release(uint64_t id) {
 InodeStore::InodeStore() = default;
 
 InodeStore::~InodeStore() {
+  clear();
+  delete root_;
+}
+
+void InodeStore::clear() {
   tearing_down_ = true;
-  // Everything goes: no inode may hand its parent reference back into the maps being cleared.
-  for (auto& s : shards_)
+  // Everything but the root goes: no inode may hand its parent reference back into the maps
+  // being cleared, and no node id may still resolve to a freed inode.
+  for (auto& s : shards_) {
     for (auto& [k, in] : s.map) in->parent = nullptr;
+    for (Inode* in : s.retired) in->parent = nullptr;
+  }
   for (auto& s : shards_) {
     for (auto& [k, in] : s.map) {
-      if (in != root_) delete in;
+      if (in == root_) continue;
+      nodes_.release(in->nodeid);
+      delete in;
     }
     s.map.clear();
     for (Inode* in : s.retired) {
-      in->parent = nullptr;
+      nodes_.release(in->nodeid);
       delete in;
     }
     s.retired.clear();
   }
-  delete root_;
+  if (root_) {
+    root_->nlookup = 0;
+    if (root_->handle && root_->ring_pos >= 0) root_->ring_pos = -1;
+    if (root_->fd >= 0) close(root_->fd);
+    root_->fd = -1;
+  }
   if (mount_fd_ >= 0) close(mount_fd_);
+  mount_fd_ = -1;
+  ring_.clear();
+  hand_ = 0;
+  fds_open_ = 0;
+  count_ = 0;
 }
 
 void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
   mount_fd_ = mount_fd;
+  handles_ = mount_fd >= 0;
   handle_dev_ = dev;
   capacity_ = capacity < 16 ? 16 : capacity;
   ring_.reserve(capacity_);

@@ -84,7 +84,7 @@ struct Inode {
   // Allocated at the first such close.
   struct WrittenState {
     off_t size;
-    struct timespec mtime, ctime;
+    struct timespec mtime;
   };
   std::unique_ptr<WrittenState> own_write;
   int backing_id = 0;
@@ -142,7 +142,7 @@ class InodeStore {
   // most `capacity` descriptors stay open (a clock cache), so a tree of millions of files needs a
   // bounded number of descriptors. mount_fd: a descriptor on that filesystem (not O_PATH).
   void enable_handles(int mount_fd, dev_t dev, size_t capacity);
-  bool handles() const { return mount_fd_ >= 0; }
+  bool handles() const { return handles_; }
   size_t fd_capacity() const { return capacity_; }
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
@@ -155,6 +155,9 @@ class InodeStore {
   void forget_fd(Inode* in);
   InodeStore(const InodeStore&) = delete;
   InodeStore& operator=(const InodeStore&) = delete;
+  // The session is over and nothing runs on the store any more: frees every inode but the root
+  // and closes every descriptor, the root's too (it is the source tree).
+  void clear();
 
   // The root never leaves the store; it answers FUSE_ROOT_ID.
   void set_root(Inode* root);
@@ -219,6 +222,7 @@ class InodeStore {
 
   void cache_insert(Inode* in);
   int mount_fd_ = -1;
+  bool handles_ = false;  // stays set after clear(), for stats
   dev_t handle_dev_ = 0;
   size_t capacity_ = 0;
   std::mutex cache_m_;
@@ -232,7 +236,8 @@ class InodeStore {
 // A descriptor of an inode's object for the duration of one operation.
 class PathFd {
  public:
-  PathFd(InodeStore& s, Inode* in) : s_(s), in_(in), fd_(s.acquire(in)), err_(fd_ < 0 ? errno : 0) {}
+  PathFd(InodeStore& s, Inode* in)
+      : s_(s), in_(in), fd_(s.acquire(in)), err_(fd_ < 0 ? errno : 0) {}
   ~PathFd() {
     if (fd_ >= 0) s_.release(in_);
   }

@@ -16,6 +16,7 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
                       fuse_file_info* fi) {
   auto* h = new FileHandle;
   h->fd = fd;
+  track(h, true);
   fi->fh = reinterpret_cast<uint64_t>(h);
   fi->keep_cache = 0;
   fi->direct_io = 0;
@@ -66,6 +67,7 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   if (in->npassthrough > 0) {
     // Cannot happen while the counts mirror the kernel's; refuse rather than break the inode.
     if (h->writer) in->nwriters--;
+    track(h, false);
     delete h;
     fi->fh = 0;
     return EBUSY;
@@ -86,7 +88,7 @@ void OpenFiles::detach(Inode* in, FileHandle* h) {
       struct stat st;
       if (fstat(h->fd, &st) == 0) {
         if (!in->own_write) in->own_write.reset(new (std::nothrow) Inode::WrittenState);
-        if (in->own_write) *in->own_write = {st.st_size, st.st_mtim, st.st_ctim};
+        if (in->own_write) *in->own_write = {st.st_size, st.st_mtim};
       } else {
         in->own_write.reset();
       }
@@ -103,7 +105,25 @@ void OpenFiles::detach(Inode* in, FileHandle* h) {
     if (backing) session_->backing_close(backing);
   }
   close(h->fd);
+  track(h, false);
   delete h;
+}
+
+void OpenFiles::track(FileHandle* h, bool add) {
+  std::lock_guard<std::mutex> g(live_m_);
+  if (add)
+    live_.insert(h);
+  else
+    live_.erase(h);
+}
+
+void OpenFiles::close_all() {
+  std::lock_guard<std::mutex> g(live_m_);
+  for (FileHandle* h : live_) {
+    close(h->fd);
+    delete h;
+  }
+  live_.clear();
 }
 
 }  // namespace fusekit

@@ -12,6 +12,9 @@
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 
+#include <mutex>
+#include <unordered_set>
+
 #include "inode_store.h"
 #include "session.h"
 
@@ -26,8 +29,11 @@ struct FileHandle {
 };
 
 // Whether a data change the watcher saw is the mount's own: the file is being written through
-// the mount, or it is still as the last writer through the mount left it (the event is that
-// writer's, read late). stat_now gives the real file's attributes; it is asked only then.
+// the mount, or its data is still as the last writer through the mount left it (the event is that
+// writer's, read late; size and mtime, since a later rename or chmod through the mount changes the
+// ctime; data written from outside changes the mtime, and an outside utimes is an attribute
+// event, never skipped), or it is gone (no data left to go stale). stat_now gives the real file's
+// attributes; it is asked only then.
 template <class StatNow>
 bool written_through_mount(Inode* in, StatNow stat_now) {
   {
@@ -41,17 +47,15 @@ bool written_through_mount(Inode* in, StatNow stat_now) {
   if (in->nwriters > 0) return true;
   if (!in->own_write) return false;
   const Inode::WrittenState& w = *in->own_write;
-  if (have && st.st_size == w.size && st.st_mtim.tv_sec == w.mtime.tv_sec &&
-      st.st_mtim.tv_nsec == w.mtime.tv_nsec && st.st_ctim.tv_sec == w.ctime.tv_sec &&
-      st.st_ctim.tv_nsec == w.ctime.tv_nsec)
+  if (!have) return true;
+  if (st.st_size == w.size && st.st_mtim.tv_sec == w.mtime.tv_sec &&
+      st.st_mtim.tv_nsec == w.mtime.tv_nsec)
     return true;
   in->own_write.reset();  // changed by someone else since: from now on every event counts
   return false;
 }
 
-inline FileHandle* file_handle(fuse_file_info* fi) {
-  return reinterpret_cast<FileHandle*>(fi->fh);
-}
+inline FileHandle* file_handle(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
 
 class OpenFiles {
  public:
@@ -68,8 +72,14 @@ class OpenFiles {
              fuse_file_info* fi);
   // Closes the handle; the last passthrough open releases the backing file.
   void detach(Inode* in, FileHandle* h);
+  // The session is over: closes the opens the kernel never released (a forced or lazy unmount
+  // with files still open ends the connection without RELEASE requests).
+  void close_all();
 
  private:
+  void track(FileHandle* h, bool add);
+  std::mutex live_m_;
+  std::unordered_set<FileHandle*> live_;
   Session* session_ = nullptr;
   Stats* stats_ = nullptr;
   bool passthrough_ = false;

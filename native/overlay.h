@@ -57,16 +57,16 @@ struct RealState {
   RealState& operator=(const RealState&) = delete;
   ~RealState();
 
-  int fd = -1;        // the topmost real object, O_PATH, owned
-  int layer = 0;      // its layer (0 is the upper layer when there is one)
-  InodeKey real{};    // its (st_dev, st_ino)
+  int fd = -1;            // the topmost real object, O_PATH, owned
+  int layer = 0;          // its layer (0 is the upper layer when there is one)
+  InodeKey real{};        // its (st_dev, st_ino)
   bool in_upper = false;  // present in the upper namespace under its own name
   // Directories only:
-  bool xwhiteouts = false;       // top directory may hold xattr whiteouts
-  bool opaque = false;           // the top directory stops the merge
-  bool impure = false;           // upper directory that holds copied-up entries
-  std::vector<RealDir> lowers;   // directories merged below the top one, top first
-  std::string lower_path;        // where the lower parts live, from the root ("/a/b")
+  bool xwhiteouts = false;      // top directory may hold xattr whiteouts
+  bool opaque = false;          // the top directory stops the merge
+  bool impure = false;          // upper directory that holds copied-up entries
+  std::vector<RealDir> lowers;  // directories merged below the top one, top first
+  std::string lower_path;       // where the lower parts live, from the root ("/a/b")
 };
 
 struct OvInode : Inode {
@@ -104,6 +104,7 @@ class OverlayFs : public Filesystem, public WatchClient {
 
   void init(Session* session, fuse_conn_info* conn) override;
   void destroy() override;
+  void release() override;
 
   int lookup(Request& r, fuse_ino_t parent, const char* name, fuse_entry_param* e) override;
   void forget(fuse_ino_t ino, uint64_t nlookup) override;
@@ -151,8 +152,7 @@ class OverlayFs : public Filesystem, public WatchClient {
   int removexattr(Request& r, fuse_ino_t ino, const char* name) override;
   int access(Request& r, fuse_ino_t ino, int mask) override;
   int getlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
-  int setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
-            int sleep) override;
+  int setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) override;
   int flock(Request& r, fuse_ino_t ino, fuse_file_info* fi, int op) override;
   int fallocate(Request& r, fuse_ino_t ino, int mode, off_t offset, off_t length,
                 fuse_file_info* fi) override;
@@ -240,12 +240,12 @@ class OverlayFs : public Filesystem, public WatchClient {
 
   std::vector<Layer> layers_;  // [0] = upper when has_upper_, then lowers top first
   bool has_upper_ = false;
-  int work_fd_ = -1;      // the work dir itself (locked while mounted)
-  int tmp_fd_ = -1;       // work/work: where copies are built
-  int index_fd_ = -1;     // work/index: copied-up hard links
+  int work_fd_ = -1;   // the work dir itself (locked while mounted)
+  int tmp_fd_ = -1;    // work/work: where copies are built
+  int index_fd_ = -1;  // work/index: copied-up hard links
   bool passthrough_ = false;
 
-  std::mutex ns_m_;       // serialises multi-step changes of the merged namespace
+  std::mutex ns_m_;  // serialises multi-step changes of the merged namespace
   // With a watcher: which merged inode each real object/directory belongs to.
   void note_reals(const InodeKey& key, const RealState& s);
   std::mutex realmap_m_;
@@ -262,14 +262,14 @@ struct OverlayFs::Found {
   bool exists = false;
   struct stat st {};
   int layer = 0;
-  int fd = -1;             // O_PATH to the topmost object (owned until adopted)
-  bool from_index = false; // a lower hard link whose copied-up data lives in work/index
+  int fd = -1;              // O_PATH to the topmost object (owned until adopted)
+  bool from_index = false;  // a lower hard link whose copied-up data lives in work/index
   bool xwhiteouts = false, opaque = false, impure = false;
-  std::string redirect;    // top directory's trusted.overlay.redirect
-  std::string origin;      // top upper object's trusted.overlay.origin
+  std::string redirect;  // top directory's trusted.overlay.redirect
+  std::string origin;    // top upper object's trusted.overlay.origin
   std::vector<RealDir> lowers;
   std::string lower_path;
-  int nlink_diff = 0;      // from_index: from trusted.overlay.nlink
+  int nlink_diff = 0;  // from_index: from trusted.overlay.nlink
 };
 
 }  // namespace fusekit

@@ -167,6 +167,11 @@ void PassthroughFs::init(Session* session, fuse_conn_info* conn) {
 
 void PassthroughFs::destroy() { locks_.shutdown(); }
 
+void PassthroughFs::release() {
+  files_.close_all();
+  store_.clear();
+}
+
 void PassthroughFs::map_attr(struct stat* st) const {
   st->st_ino = ino_map_->map(st->st_dev, st->st_ino);
   cfg_.idmap.to_outside(st);
@@ -236,7 +241,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
     } else {
       if (S_ISDIR(st.st_mode) && session_->watcher())
         session_->watcher()->track_dir(fd, in->key);  // inotify only
-      store_.give_handle(in);  // from now on the descriptor is only cached
+      store_.give_handle(in);                         // from now on the descriptor is only cached
     }
   }
   fill_entry(in, st, e);
@@ -364,8 +369,7 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
       tv[1].tv_nsec = UTIME_NOW;
     else if (to_set & FUSE_SET_ATTR_MTIME)
       tv[1] = attr->st_mtim;
-    int r = h ? futimens(h->fd, tv)
-              : utimensat(ifd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    int r = h ? futimens(h->fd, tv) : utimensat(ifd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (r != 0) return errno;
   }
   if (fstatat(ifd, "", out, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
@@ -502,8 +506,7 @@ int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   return err;
 }
 
-int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name,
-                         fuse_entry_param* e) {
+int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fuse_entry_param* e) {
   struct stat st;
   if (fstat(fd, &st) != 0) return errno;
   InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
@@ -861,8 +864,8 @@ int PassthroughFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_fil
   int sync = flags & AT_STATX_SYNC_TYPE;
   PathFd f(store_, in);
   if (!f) return f.error();
-  if (::statx(f.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync,
-              static_cast<unsigned>(mask), out) != 0)
+  if (::statx(f.get(), "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync, static_cast<unsigned>(mask),
+              out) != 0)
     return errno;
   out->stx_ino = ino_map_->map(makedev(out->stx_dev_major, out->stx_dev_minor), out->stx_ino);
   cfg_.idmap.to_outside(out);

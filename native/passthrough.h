@@ -28,6 +28,7 @@ class PassthroughFs : public Filesystem, public WatchClient {
 
   void init(Session* session, fuse_conn_info* conn) override;
   void destroy() override;
+  void release() override;
 
   int lookup(Request& r, fuse_ino_t parent, const char* name, fuse_entry_param* e) override;
   void forget(fuse_ino_t ino, uint64_t nlookup) override;
@@ -75,8 +76,7 @@ class PassthroughFs : public Filesystem, public WatchClient {
   int removexattr(Request& r, fuse_ino_t ino, const char* name) override;
   int access(Request& r, fuse_ino_t ino, int mask) override;
   int getlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) override;
-  int setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock,
-            int sleep) override;
+  int setlk(Request& r, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) override;
   int flock(Request& r, fuse_ino_t ino, fuse_file_info* fi, int op) override;
   int fallocate(Request& r, fuse_ino_t ino, int mode, off_t offset, off_t length,
                 fuse_file_info* fi) override;
@@ -90,9 +90,7 @@ class PassthroughFs : public Filesystem, public WatchClient {
 
   size_t inode_count() const override { return store_.size(); }
   // The object, its map entry and slot, a typical name (kernel-side descriptors not counted).
-  size_t inode_memory() const override {
-    return store_.size() * (sizeof(Inode) + 96);
-  }
+  size_t inode_memory() const override { return store_.size() * (sizeof(Inode) + 96); }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }
   FdUse fd_use() const override {

@@ -209,7 +209,9 @@ class DirBuf : public DirFiller {
 
 // ---- libfuse low-level trampolines
 
-void ll_init(void* userdata, fuse_conn_info* conn) { static_cast<Session*>(userdata)->on_init(conn); }
+void ll_init(void* userdata, fuse_conn_info* conn) {
+  static_cast<Session*>(userdata)->on_init(conn);
+}
 void ll_destroy(void* userdata) { static_cast<Session*>(userdata)->on_destroy(); }
 
 void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -731,7 +733,7 @@ bool attached(dev_t dev) {
 
 Session::Session(MountConfig cfg, std::unique_ptr<Filesystem> fs)
     : cfg_(std::move(cfg)), fs_(std::move(fs)), policy_(cfg_.rules) {
-  events_.set_audit(cfg_.audit == 2 ? AuditMode::Changes
+  events_.set_audit(cfg_.audit == 2   ? AuditMode::Changes
                     : cfg_.audit == 1 ? AuditMode::Denied
                                       : AuditMode::Off);
 }
@@ -920,6 +922,11 @@ size_t Session::notify(const Invalidations& in, WatchClient* client) {
 }
 
 int Session::invalidate(const std::string& path, size_t* sent) {
+  std::lock_guard<std::mutex> released(release_m_);
+  if (released_) {
+    *sent = 0;  // nothing is cached by a connection that is gone
+    return 0;
+  }
   WatchClient* client = fs_->watch_client();
   if (!client) return EOPNOTSUPP;
   Invalidations inv;
@@ -1007,6 +1014,11 @@ void Session::teardown() {
     std::lock_guard<std::mutex> g(notify_m_);
     fuse_session_destroy(se_);
     se_ = nullptr;
+  }
+  {
+    std::lock_guard<std::mutex> g(release_m_);
+    fs_->release();
+    released_ = true;
   }
   std::function<void()> cb;
   {

@@ -17,10 +17,10 @@
 
 #include "config.h"
 #include "events.h"
-#include "policy.h"
-#include "watcher.h"
 #include "filesystem.h"
+#include "policy.h"
 #include "stats.h"
+#include "watcher.h"
 
 namespace fusekit {
 
@@ -101,6 +101,8 @@ class Session {
 
   MountConfig cfg_;
   std::unique_ptr<Filesystem> fs_;
+  std::mutex release_m_;  // invalidate() vs the filesystem releasing its inodes at the end
+  bool released_ = false;
   Stats stats_;
   Policy policy_;
   EventBus events_;

@@ -421,3 +421,59 @@ for (const transport of ['auto', 'io_uring'] as const) {
     else t.is(s.requests.ioUring, 0);
   });
 }
+
+// ---- resources
+
+for (const [label, kind, options] of [
+  ['passthrough, descriptors', 'pt', { fileHandles: 'off' }],
+  ['passthrough, file handles', 'pt', { fileHandles: 'auto' }],
+  ['overlay', 'ov', {}],
+] as const) {
+  for (const force of [false, true]) {
+    test(`${label}: ${force ? 'a forced' : 'an'} unmount closes every descriptor at once, without garbage collection`, async (t) => {
+      const root = await tmpdir(t);
+      const mnt = path.join(root, 'mnt');
+      await fsp.mkdir(mnt);
+      let opts: MountOptions;
+      if (kind === 'pt') {
+        const src = path.join(root, 'src');
+        await fsp.mkdir(src);
+        opts = { source: src, mountpoint: mnt, ...options };
+      } else {
+        for (const d of ['lower', 'upper', 'work']) await fsp.mkdir(path.join(root, d));
+        await fsp.writeFile(path.join(root, 'lower', 'low'), 'low\n');
+        opts = {
+          mountpoint: mnt,
+          overlay: {
+            lower: [path.join(root, 'lower')],
+            upper: path.join(root, 'upper'),
+            work: path.join(root, 'work'),
+          },
+        };
+      }
+      t.teardown(async () => {
+        if (isMounted(mnt)) await umountLazy(mnt);
+      });
+      const r = await run(
+        process.execPath,
+        nodeArgv(
+          'test/helpers/child-fds.ts',
+          JSON.stringify({ options: opts, files: 400, force }),
+        ).slice(1),
+        { timeoutMs: 60_000 },
+      );
+      t.is(r.code, 0, r.stderr);
+      const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as {
+        baseline: number;
+        during: number;
+        after: number;
+        inodes: number;
+      };
+      t.log(out);
+      t.true(out.during >= out.baseline + 1, 'the mount holds descriptors while it serves');
+      t.deepEqual(out.left, [], 'every descriptor of the mount is closed once unmount() resolved');
+      t.is(out.after, out.baseline);
+      t.false(isMounted(mnt));
+    });
+  }
+}
