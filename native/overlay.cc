@@ -33,7 +33,8 @@ OverlayFs::Found::~Found() {
 }
 
 OverlayFs::~OverlayFs() {
-  for (auto& l : layers_) close(l.fd);
+  for (auto& l : layers_)
+    if (l.fd >= 0) close(l.fd);
   if (tmp_fd_ >= 0) close(tmp_fd_);
   if (index_fd_ >= 0) close(index_fd_);
   if (work_fd_ >= 0) close(work_fd_);  // releases the work dir lock
@@ -113,8 +114,8 @@ std::unique_ptr<OverlayFs> OverlayFs::create(const MountConfig& cfg, Error* err)
     for (size_t j = 0; j < named.size(); j++) {
       if (i == j || (i >= 2 && j >= 2) || (!fs->has_upper_)) continue;
       if (within(named[i].second, named[j].second)) {
-        *err = {EINVAL, named[i].first + " " + named[i].second + " lies inside " +
-                            named[j].first + " " + named[j].second};
+        *err = {EINVAL, named[i].first + " " + named[i].second + " lies inside " + named[j].first +
+                            " " + named[j].second};
         return nullptr;
       }
     }
@@ -203,6 +204,8 @@ std::unique_ptr<OverlayFs> OverlayFs::create(const MountConfig& cfg, Error* err)
   root->store = &fs->store_;
   root->set_state(std::move(rs));
   fs->store_.set_root(root);
+  // The layers' roots are the root's reals too: changes right in them must find it.
+  fs->note_reals(root->key, *root->state());
   fs->ino_map_ = std::make_unique<InoMap>(top.dev);
   return fs;
 }
@@ -236,6 +239,24 @@ void OverlayFs::destroy() {
   if (work_fd_ >= 0) ::flock(work_fd_, LOCK_UN);
 }
 
+void OverlayFs::release() {
+  files_.close_all();
+  store_.clear();
+  static_cast<OvInode*>(store_.root())->set_state(std::make_shared<RealState>());
+  {
+    std::lock_guard<std::mutex> g(realmap_m_);
+    realmap_.clear();
+  }
+  for (auto& l : layers_) {
+    if (l.fd >= 0) close(l.fd);
+    l.fd = -1;
+  }
+  for (int* fd : {&tmp_fd_, &index_fd_, &work_fd_}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
 // ---- cache coherence
 
 std::vector<int> OverlayFs::watch_roots() {
@@ -260,8 +281,8 @@ void OverlayFs::note_reals(const InodeKey& key, const RealState& s) {
   }
 }
 
-void OverlayFs::changed(const InodeKey* dir, const char* name, const InodeKey* obj,
-                        bool data_only, Invalidations* out) {
+void OverlayFs::changed(const InodeKey* dir, const char* name, const InodeKey* obj, bool data_only,
+                        Invalidations* out) {
   auto owners = [&](const InodeKey& real) {
     std::vector<InodeKey> keys;
     std::lock_guard<std::mutex> g(realmap_m_);
@@ -405,7 +426,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
       if (f->opaque) break;
       if (!f->redirect.empty() && cfg_.overlay.redirect_dir) {
         // The lower parts of a renamed directory live where the redirect says.
-        std::string target = f->redirect[0] == '/' ? f->redirect : dir.lower_path + "/" + f->redirect;
+        std::string target = f->redirect[0] == '/' ? f->redirect
+                                                   : dir.lower_path + "/" + f->redirect;
         f->lower_path = target;
         for (size_t j = s.layer + 1; j < layers_.size(); j++) {
           int cur = fcntl(layers_[j].fd, F_DUPFD_CLOEXEC, 0);
@@ -413,8 +435,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
           bool ok = cur >= 0;
           while (ok && pos < target.size()) {
             size_t next = target.find('/', pos);
-            std::string comp = target.substr(pos, next == std::string::npos ? std::string::npos
-                                                                             : next - pos);
+            std::string comp = target.substr(
+                pos, next == std::string::npos ? std::string::npos : next - pos);
             pos = next == std::string::npos ? target.size() : next + 1;
             if (comp.empty()) continue;
             int nfd = openat(cur, comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -628,8 +650,8 @@ int OverlayFs::getattr(Request&, fuse_ino_t ino, fuse_file_info*, struct stat* s
   return 0;
 }
 
-int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set,
-                       fuse_file_info* fi, struct stat* out, double* timeout) {
+int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi,
+                       struct stat* out, double* timeout) {
   OvInode* in = inode(ino);
   if (!has_upper_) return EROFS;
   FileHandle* h = fi ? file_handle(fi) : nullptr;
@@ -641,8 +663,8 @@ int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set,
   int hfd = (h && h->kind != FileHandle::Passthrough) ? h->fd : -1;
   if (hfd >= 0) {
     struct stat hst;
-    if (fstat(hfd, &hst) != 0 || !(InodeKey{static_cast<uint64_t>(hst.st_dev), hst.st_ino} ==
-                                   s->real))
+    if (fstat(hfd, &hst) != 0 ||
+        !(InodeKey{static_cast<uint64_t>(hst.st_dev), hst.st_ino} == s->real))
       hfd = -1;
   }
   if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
@@ -823,8 +845,8 @@ int OverlayFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* 
   return sys::setxattr_fd(in->state()->fd, name, value, size, flags) == 0 ? 0 : errno;
 }
 
-int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
-                        std::string* value, size_t* len) {
+int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size, std::string* value,
+                        size_t* len) {
   if (is_overlay_xattr(name)) return ENODATA;
   auto s = inode(ino)->state();
   value->resize(size);
