@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
 
 const errnoNames = new Map<number, string>(
-  Object.entries(constants.errno).map(([name, value]) => [value as number, name]),
+  Object.entries(constants.errno).map(([name, value]) => [value, name]),
 );
 
 /**

@@ -85,7 +85,7 @@ test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes w
   } finally {
     await fsp.writeFile(stopFile, '');
   }
-  const drops = (await dropper.message((x) => typeof x.drops === 'number')).drops;
+  const drops = (await dropper.message((x) => typeof x.drops === 'number')).drops as number;
   const all = sum(counts);
   t.log(`drop_caches x${drops}`, all);
   assertOutcomes(t, all, {

@@ -132,7 +132,7 @@ test('mounting on a live mount point is EBUSY and leaves the first mount serving
   const err = await t.throwsAsync(mount({ source: other, mountpoint: l.mnt }));
   t.true(err instanceof FusekitError);
   t.is((err as FusekitError).code, 'EBUSY');
-  t.regex(err!.message, /already a mount point/);
+  t.regex(err.message, /already a mount point/);
   t.is(await fsp.readFile(path.join(l.mnt, 'file.txt'), 'utf8'), 'source content\n');
   t.deepEqual(await snapshot(l.src), before);
   t.is(mountsAt(l.mnt), 1, 'exactly one mount on the mount point');
@@ -212,7 +212,7 @@ test('mount() without an options object is EINVAL', async (t) => {
     const err = await t.throwsAsync(mount(bad as MountOptions));
     t.true(err instanceof FusekitError);
     t.is((err as FusekitError).code, 'EINVAL');
-    t.regex(err!.message, /options object|non-empty path/);
+    t.regex(err.message, /options object|non-empty path/);
   }
 });
 

@@ -241,7 +241,7 @@ test("fileHandles 'on' over a filesystem without file handles fails clearly; 'au
   );
   t.true(err instanceof FusekitError);
   t.is((err as FusekitError).code, 'EOPNOTSUPP');
-  t.regex(err!.message, /file-handle mode is not available for \/proc\/sys/);
+  t.regex(err.message, /file-handle mode is not available for \/proc\/sys/);
   t.false(mounted(mnt), 'nothing left mounted');
   const m = await mount({ source: src, mountpoint: mnt, fileHandles: 'auto', readOnly: true });
   unmountInTeardown(t, m);

@@ -79,7 +79,7 @@ for (const passthrough of ['auto', 'off'] as const) {
     const err = await t.throwsAsync(m.unmount());
     t.true(err instanceof FusekitError);
     t.is((err as FusekitError).code, 'EBUSY');
-    t.regex(err!.message, /busy.*lazy: true.*force: true/);
+    t.regex(err.message, /busy.*lazy: true.*force: true/);
     t.true(isMounted(mnt));
     t.false(m.isClosed);
     t.deepEqual(await fsp.readFile(path.join(mnt, 'data.bin')), content, 'still serving');
@@ -185,7 +185,7 @@ test('unmount refuses when another filesystem was mounted over the mount (EBUSY)
   const err = await t.throwsAsync(within('unmount', m.unmount()));
   t.true(err instanceof FusekitError, String(err));
   t.is((err as FusekitError).code, 'EBUSY');
-  t.regex(err!.message, /another filesystem is mounted over/);
+  t.regex(err.message, /another filesystem is mounted over/);
   t.false(m.isClosed);
   // The covering tmpfs is untouched.
   t.true(readFileSync('/proc/self/mountinfo', 'utf8').includes(' - tmpfs cover '));
@@ -300,7 +300,7 @@ test(`a lazily detached mount still in use: unmount is EBUSY, never a hang; forc
   t.false(isMounted(mnt));
   const e1 = await t.throwsAsync(within('unmount', m.unmount()));
   t.is((e1 as FusekitError).code, 'EBUSY');
-  t.regex(e1!.message, /detached but still in use/);
+  t.regex(e1.message, /detached but still in use/);
   t.false(m.isClosed);
   t.deepEqual(await readAll(fh), content, 'still serving the open file');
   if (fusectl) {
@@ -311,7 +311,7 @@ test(`a lazily detached mount still in use: unmount is EBUSY, never a hang; forc
   } else {
     const e2 = await t.throwsAsync(within('force unmount', m.unmount({ force: true })));
     t.is((e2 as FusekitError).code, 'EBUSY');
-    t.regex(e2!.message, /fusectl/);
+    t.regex(e2.message, /fusectl/);
     await fh.close();
     await within('m.closed after the last file closed', m.closed);
   }
@@ -452,7 +452,7 @@ for (const [label, kind, options] of [
         };
       }
       t.teardown(async () => {
-        if (isMounted(mnt)) await umountLazy(mnt);
+        if (isMounted(mnt)) umountLazy(mnt);
       });
       const r = await run(
         process.execPath,
@@ -467,6 +467,7 @@ for (const [label, kind, options] of [
         baseline: number;
         during: number;
         after: number;
+        left: string[];
         inodes: number;
       };
       t.log(out);

@@ -752,7 +752,7 @@ async function prepareBigDir(src: string): Promise<void> {
     }
   }
   const r = spawnSync('mkfifo', fifos, { cwd: d });
-  if (r.status !== 0) throw new Error(`mkfifo: ${r.stderr}`);
+  if (r.status !== 0) throw new Error(`mkfifo: ${r.stderr.toString()}`);
 }
 
 core(
