@@ -24,7 +24,11 @@ function version(): string {
 function usage(): string {
   const flags = Object.entries(OPTION_SPECS).map(([name, spec]) => {
     const arg =
-      spec.kind === 'boolean' ? '' : spec.kind === 'enum' ? ` <${spec.values.join('|')}>` : ' <value>';
+      spec.kind === 'boolean'
+        ? ''
+        : spec.kind === 'enum'
+          ? ` <${spec.values.join('|')}>`
+          : ' <value>';
     return `  --${kebab(name)}${arg}`.padEnd(42) + spec.help;
   });
   const extra = (flag: string, help: string): string => `  ${flag}`.padEnd(42) + help;
@@ -39,7 +43,7 @@ function usage(): string {
     '  fusekit --version | --help',
     '',
     'mount runs in the foreground until unmounted or interrupted; --background returns once the',
-    'mount is live and leaves a daemon serving it. stats, top and trace talk to the mount\'s',
+    "mount is live and leaves a daemon serving it. stats, top and trace talk to the mount's",
     'control socket, so they work for mounts of any fusekit process.',
     '',
     'Mount options:',
@@ -47,7 +51,7 @@ function usage(): string {
     ...flags,
     extra('--lower L1:L2', 'overlay lower layers, top first'),
     extra('--upper DIR', 'overlay upper layer (with --work)'),
-    extra('--work DIR', 'overlay work dir, on the upper\'s filesystem'),
+    extra('--work DIR', "overlay work dir, on the upper's filesystem"),
     extra('--oci-whiteouts', 'read OCI .wh. files as whiteouts'),
     extra('--no-redirect-dir', 'refuse renaming lower directories (EXDEV)'),
     extra('--volatile', 'no fsync on the upper'),
@@ -132,7 +136,9 @@ export function parseArgs(argv: string[]): Parsed {
       const raw = inline ?? argv[++i];
       const m = raw === undefined ? null : /^(deny|ro|read-only):(.+)$/.exec(raw);
       if (!m) throw new UsageError('--rule takes deny:PATH or ro:PATH');
-      out.rules.push(m[1] === 'deny' ? { path: m[2]!, deny: true } : { path: m[2]!, readOnly: true });
+      out.rules.push(
+        m[1] === 'deny' ? { path: m[2]!, deny: true } : { path: m[2]!, readOnly: true },
+      );
     } else if (flag in EXTRA_FLAGS) {
       if (EXTRA_FLAGS[flag]) {
         out.extra[flag] = true;
@@ -179,13 +185,20 @@ function intFlag(p: Parsed, flag: string): number | undefined {
 export function mountOptions(p: Parsed): MountOptions {
   const overlay = p.extra.lower !== undefined;
   if (p.positional.length !== (overlay ? 1 : 2))
-    throw new UsageError(overlay ? 'an overlay mount needs exactly MOUNTPOINT' : 'mount needs SOURCE and MOUNTPOINT');
+    throw new UsageError(
+      overlay ? 'an overlay mount needs exactly MOUNTPOINT' : 'mount needs SOURCE and MOUNTPOINT',
+    );
   for (const f of ['upper', 'work', 'oci-whiteouts', 'no-redirect-dir', 'volatile'])
     if (p.extra[f] !== undefined && !overlay) throw new UsageError(`--${f} needs --lower`);
-  const o: MountOptions = { ...(p.options as Partial<MountOptions>), mountpoint: p.positional[overlay ? 0 : 1]! };
+  const o: MountOptions = {
+    ...(p.options as Partial<MountOptions>),
+    mountpoint: p.positional[overlay ? 0 : 1]!,
+  };
   if (overlay) {
     o.overlay = {
-      lower: String(p.extra.lower).split(':').filter((l) => l.length > 0),
+      lower: String(p.extra.lower)
+        .split(':')
+        .filter((l) => l.length > 0),
       ...(p.extra.upper !== undefined ? { upper: String(p.extra.upper) } : {}),
       ...(p.extra.work !== undefined ? { work: String(p.extra.work) } : {}),
       ociWhiteouts: p.extra['oci-whiteouts'] === true,
@@ -196,8 +209,10 @@ export function mountOptions(p: Parsed): MountOptions {
     o.source = p.positional[0]!;
   }
   try {
-    const uid = p.extra['uid-map'] !== undefined ? parseColonIdMap(String(p.extra['uid-map'])) : undefined;
-    const gid = p.extra['gid-map'] !== undefined ? parseColonIdMap(String(p.extra['gid-map'])) : undefined;
+    const uid =
+      p.extra['uid-map'] !== undefined ? parseColonIdMap(String(p.extra['uid-map'])) : undefined;
+    const gid =
+      p.extra['gid-map'] !== undefined ? parseColonIdMap(String(p.extra['gid-map'])) : undefined;
     const su = intFlag(p, 'squash-uid');
     const sg = intFlag(p, 'squash-gid');
     if (uid || gid || su !== undefined || sg !== undefined) {
@@ -205,7 +220,12 @@ export function mountOptions(p: Parsed): MountOptions {
         ...(uid ? { uid } : {}),
         ...(gid ? { gid } : {}),
         ...(su !== undefined || sg !== undefined
-          ? { squash: { ...(su !== undefined ? { uid: su } : {}), ...(sg !== undefined ? { gid: sg } : {}) } }
+          ? {
+              squash: {
+                ...(su !== undefined ? { uid: su } : {}),
+                ...(sg !== undefined ? { gid: sg } : {}),
+              },
+            }
           : {}),
       };
     }
@@ -216,7 +236,8 @@ export function mountOptions(p: Parsed): MountOptions {
   if (p.rules.length) o.rules = p.rules;
   if (p.extra.audit !== undefined) {
     const a = String(p.extra.audit);
-    if (a !== 'off' && a !== 'denied' && a !== 'changes') throw new UsageError('--audit takes off, denied or changes');
+    if (a !== 'off' && a !== 'denied' && a !== 'changes')
+      throw new UsageError('--audit takes off, denied or changes');
     o.audit = a;
   }
   return o;
@@ -255,7 +276,7 @@ async function runMount(p: Parsed): Promise<number> {
   if (p.daemonChild && process.send) {
     process.send({ ok: true, transport: m.transport, passthrough: m.passthrough });
     process.disconnect();
-    process.chdir('/');  // a daemon does not pin the directory it was started from
+    process.chdir('/'); // a daemon does not pin the directory it was started from
   } else {
     process.stderr.write(
       `fusekit: ${source} mounted at ${mountpoint} (transport ${m.transport}, passthrough ` +
@@ -289,7 +310,9 @@ function spawnDaemon(args: string[]): Promise<number> {
     });
     child.on('exit', (code) => {
       if (!answered) {
-        process.stderr.write(`fusekit: the mount daemon exited (${code}) before the mount was live\n`);
+        process.stderr.write(
+          `fusekit: the mount daemon exited (${code}) before the mount was live\n`,
+        );
         resolve(1);
       }
     });

@@ -27,7 +27,8 @@ const MAX = 2 ** 32;
 
 /** Rejects malformed, overlapping and overflowing ranges. */
 export function checkRanges(ranges: unknown, what: string): IdRange[] {
-  if (!Array.isArray(ranges)) throw invalid(`${what} must be an array of { inside, outside, count }`);
+  if (!Array.isArray(ranges))
+    throw invalid(`${what} must be an array of { inside, outside, count }`);
   const out: IdRange[] = ranges.map((r, i) => {
     const v = r as Record<string, unknown>;
     for (const k of ['inside', 'outside', 'count']) {
@@ -35,7 +36,11 @@ export function checkRanges(ranges: unknown, what: string): IdRange[] {
       if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n >= MAX)
         throw invalid(`${what}[${i}].${k} must be an integer between 0 and 2^32-1`);
     }
-    const e = { inside: v.inside as number, outside: v.outside as number, count: v.count as number };
+    const e = {
+      inside: v.inside as number,
+      outside: v.outside as number,
+      count: v.count as number,
+    };
     if (e.count === 0) throw invalid(`${what}[${i}] has count 0`);
     // As the kernel's uid_map: the last id may not be 2^32-1, the invalid id (uid_t)-1.
     if (e.inside + e.count >= MAX || e.outside + e.count >= MAX)

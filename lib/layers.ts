@@ -16,13 +16,7 @@ import { type TarEntry, type TarType, entryHeader, padding, trailer } from './ta
 
 export type ChangeKind = 'added' | 'modified' | 'deleted' | 'opaque';
 export type EntryType =
-  | 'file'
-  | 'directory'
-  | 'symlink'
-  | 'fifo'
-  | 'socket'
-  | 'char-device'
-  | 'block-device';
+  'file' | 'directory' | 'symlink' | 'fifo' | 'socket' | 'char-device' | 'block-device';
 
 export interface LayerChange {
   /** Path relative to the layer root, '/'-separated. */
@@ -67,12 +61,14 @@ interface Node {
 /** Whiteouts of every dialect: kernel 0/0 devices, xattr whiteouts, OCI ".wh." files. */
 function whiteoutOf(n: Node, parentXattrWhiteouts: boolean): boolean {
   if (n.st.isCharacterDevice() && n.st.rdev === 0) return true;
-  return (
-    parentXattrWhiteouts && n.st.isFile() && n.st.size === 0 && `${OVL}whiteout` in n.x
-  );
+  return parentXattrWhiteouts && n.st.isFile() && n.st.size === 0 && `${OVL}whiteout` in n.x;
 }
 
-async function* walk(root: string, rel = '', parentX = false): AsyncGenerator<Node & { whiteout: boolean }> {
+async function* walk(
+  root: string,
+  rel = '',
+  parentX = false,
+): AsyncGenerator<Node & { whiteout: boolean }> {
   const dir = rel ? path.join(root, rel) : root;
   const names = (await fsp.readdir(dir)).sort();
   for (const name of names) {
@@ -106,7 +102,10 @@ async function existsBelow(lower: string[] | undefined, rel: string): Promise<bo
  * trusted.overlay.origin and count as modified; pass `lower` to also classify objects written
  * by tools that record no origin.
  */
-export async function diff(upper: string, options: { lower?: string[] } = {}): Promise<LayerChange[]> {
+export async function diff(
+  upper: string,
+  options: { lower?: string[] } = {},
+): Promise<LayerChange[]> {
   await assertDir(upper, 'upper');
   const out: LayerChange[] = [];
   for await (const n of walk(upper)) {
@@ -191,7 +190,11 @@ interface ExportOptions {
  * entries, opaque directories get `.wh..wh..opq`, hard links stay hard links, xattrs (but not the
  * overlay's own) go into SCHILY.xattr pax records.
  */
-export async function exportLayer(upper: string, out: Writable, options: ExportOptions = {}): Promise<void> {
+export async function exportLayer(
+  upper: string,
+  out: Writable,
+  options: ExportOptions = {},
+): Promise<void> {
   await assertDir(upper, 'upper');
   let merged: { m: Mount; dir: string } | undefined;
   try {
@@ -240,7 +243,10 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
       // The merged view of upper over the lowers, read-only, for what the upper alone cannot say.
       const mergedDir = async (why: string): Promise<string> => {
         if (!options.lower)
-          throw new FusekitError('EINVAL', `${upper} holds ${why}; pass the lower layers to export it`);
+          throw new FusekitError(
+            'EINVAL',
+            `${upper} holds ${why}; pass the lower layers to export it`,
+          );
         if (!merged) {
           const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fusekit-export-'));
           const m = await mount({ mountpoint: dir, overlay: { lower: [upper, ...options.lower] } });
@@ -250,7 +256,10 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
       };
       // A renamed directory, written whole from the merged view.
       const materialize = async function* (rel: string): AsyncGenerator<Buffer> {
-        const base = path.join(await mergedDir(`directories renamed through an overlay (${rel})`), rel);
+        const base = path.join(
+          await mergedDir(`directories renamed through an overlay (${rel})`),
+          rel,
+        );
         const st = await fsp.lstat(base);
         yield* emit(base, rel, st, xattrs(base));
         yield whiteout(`${rel}/.wh..wh..opq`);
@@ -338,7 +347,13 @@ export async function exportLayer(upper: string, out: Writable, options: ExportO
           for (const q of (await linksOf(found.layer)).get(found.key) ?? []) {
             if (q === rel || emitted.has(q)) continue;
             // A name the upper has (copied up, replaced, or whited out) was written above.
-            if (await fsp.lstat(path.join(upper, q)).then(() => true, () => false)) continue;
+            if (
+              await fsp.lstat(path.join(upper, q)).then(
+                () => true,
+                () => false,
+              )
+            )
+              continue;
             const st = await fsp.lstat(path.join(found.layer, q));
             emitted.add(q);
             yield entryHeader({
@@ -371,7 +386,8 @@ async function assertDir(p: string, what: string): Promise<void> {
   } catch (e) {
     throw FusekitError.from(e, `${what} ${p} cannot be read`, p);
   }
-  if (!st.isDirectory()) throw new FusekitError('ENOTDIR', `${what} ${p} is not a directory`, { path: p });
+  if (!st.isDirectory())
+    throw new FusekitError('ENOTDIR', `${what} ${p} is not a directory`, { path: p });
 }
 
 async function inUseByKernelOverlay(dirs: string[]): Promise<string | undefined> {
@@ -398,10 +414,14 @@ export async function reset(upper: string, work: string): Promise<void> {
   await assertDir(work, 'work dir');
   const real = [await fsp.realpath(upper), await fsp.realpath(work)];
   if (native().dirLocked(real[1]!))
-    throw new FusekitError('EBUSY', `work dir ${work} is in use by a mounted overlay`, { path: work });
+    throw new FusekitError('EBUSY', `work dir ${work} is in use by a mounted overlay`, {
+      path: work,
+    });
   const kernel = await inUseByKernelOverlay(real);
   if (kernel)
-    throw new FusekitError('EBUSY', `${kernel} is in use by a kernel overlay mount`, { path: kernel });
+    throw new FusekitError('EBUSY', `${kernel} is in use by a kernel overlay mount`, {
+      path: kernel,
+    });
   for (const dir of real) {
     for (const name of await fsp.readdir(dir)) {
       await fsp.rm(path.join(dir, name), { recursive: true, force: true });

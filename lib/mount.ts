@@ -255,29 +255,55 @@ async function preflight(o: NormalizedOptions): Promise<string> {
     } catch (e) {
       if (e instanceof FusekitError) throw e;
       const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-      fail(code, `source ${o.source} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.source, e);
+      fail(
+        code,
+        `source ${o.source} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`,
+        o.source,
+        e,
+      );
     }
   }
   let real: string;
   try {
     const st = await fsp.stat(o.mountpoint);
-    if (!st.isDirectory()) fail('ENOTDIR', `mount point ${o.mountpoint} is not a directory`, o.mountpoint);
+    if (!st.isDirectory())
+      fail('ENOTDIR', `mount point ${o.mountpoint} is not a directory`, o.mountpoint);
     real = await fsp.realpath(o.mountpoint);
   } catch (e) {
     if (e instanceof FusekitError) throw e;
     const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-    fail(code, `mount point ${o.mountpoint} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`, o.mountpoint, e);
+    fail(
+      code,
+      `mount point ${o.mountpoint} ${code === 'ENOENT' ? 'does not exist' : 'cannot be used'} (${code})`,
+      o.mountpoint,
+      e,
+    );
   }
   if (await isMountPoint(real))
     fail('EBUSY', `mount point ${o.mountpoint} is already a mount point`, o.mountpoint);
   if (!o.allowNonEmpty && (await fsp.readdir(o.mountpoint)).length > 0)
-    fail('ENOTEMPTY', `mount point ${o.mountpoint} is not empty (allowNonEmpty: true mounts over it)`, o.mountpoint);
+    fail(
+      'ENOTEMPTY',
+      `mount point ${o.mountpoint} is not empty (allowNonEmpty: true mounts over it)`,
+      o.mountpoint,
+    );
   try {
     await fsp.access('/dev/fuse', fsc.R_OK | fsc.W_OK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-    if (code === 'ENOENT') fail('ENODEV', '/dev/fuse does not exist: load the fuse kernel module (modprobe fuse)', '/dev/fuse', e);
-    fail(code, `/dev/fuse cannot be opened (${code}): mounting needs root or access to /dev/fuse`, '/dev/fuse', e);
+    if (code === 'ENOENT')
+      fail(
+        'ENODEV',
+        '/dev/fuse does not exist: load the fuse kernel module (modprobe fuse)',
+        '/dev/fuse',
+        e,
+      );
+    fail(
+      code,
+      `/dev/fuse cannot be opened (${code}): mounting needs root or access to /dev/fuse`,
+      '/dev/fuse',
+      e,
+    );
   }
   return real;
 }
@@ -294,7 +320,8 @@ const mounting = new Set<string>();
 export async function mount(options: MountOptions): Promise<Mount> {
   const o = normalizeOptions(options);
   const real = await preflight(o);
-  if (mounting.has(real)) fail('EBUSY', `mount point ${o.mountpoint} is being mounted already`, o.mountpoint);
+  if (mounting.has(real))
+    fail('EBUSY', `mount point ${o.mountpoint} is being mounted already`, o.mountpoint);
   const binding = native();
   let resolveClosed!: () => void;
   const closed = new Promise<void>((r) => (resolveClosed = r));

@@ -139,16 +139,19 @@ function checkCache(v: unknown): CacheOptions {
 }
 
 function checkRules(v: unknown): Required<AccessRule>[] {
-  if (!Array.isArray(v)) throw invalid('option rules must be an array of { path, deny?, readOnly? }');
+  if (!Array.isArray(v))
+    throw invalid('option rules must be an array of { path, deny?, readOnly? }');
   return v.map((r, i) => {
     const o = r as Record<string, unknown>;
     if (typeof o !== 'object' || o === null) throw invalid(`rules[${i}] must be an object`);
     for (const k of Object.keys(o))
-      if (!['path', 'deny', 'readOnly'].includes(k)) throw invalid(`rules[${i}]: unknown key '${k}'`);
+      if (!['path', 'deny', 'readOnly'].includes(k))
+        throw invalid(`rules[${i}]: unknown key '${k}'`);
     if (typeof o.path !== 'string' || o.path.length === 0 || o.path.includes('\0'))
       throw invalid(`rules[${i}].path must be a non-empty path or glob`);
     for (const k of ['deny', 'readOnly'] as const)
-      if (o[k] !== undefined && typeof o[k] !== 'boolean') throw invalid(`rules[${i}].${k} must be a boolean`);
+      if (o[k] !== undefined && typeof o[k] !== 'boolean')
+        throw invalid(`rules[${i}].${k} must be a boolean`);
     if (!o.deny && !o.readOnly) throw invalid(`rules[${i}] needs deny or readOnly`);
     return { path: o.path, deny: o.deny === true, readOnly: o.readOnly === true };
   });
@@ -182,7 +185,13 @@ export const OPTION_SPECS: Record<string, Spec> = {
     help: 'io_uring queue depth per CPU',
   },
   entryTimeout: { kind: 'number', min: 0, max: 1e7, integer: false, help: 'name cache seconds' },
-  attrTimeout: { kind: 'number', min: 0, max: 1e7, integer: false, help: 'attribute cache seconds' },
+  attrTimeout: {
+    kind: 'number',
+    min: 0,
+    max: 1e7,
+    integer: false,
+    help: 'attribute cache seconds',
+  },
   negativeTimeout: {
     kind: 'number',
     min: 0,
@@ -197,10 +206,20 @@ export const OPTION_SPECS: Record<string, Spec> = {
     values: ['auto', 'on', 'off'],
     help: 'keep file handles, not a descriptor per inode',
   },
-  maxFds: { kind: 'number', min: 16, max: 1048576, integer: true, help: 'descriptors cached in file-handle mode' },
+  maxFds: {
+    kind: 'number',
+    min: 16,
+    max: 1048576,
+    integer: true,
+    help: 'descriptors cached in file-handle mode',
+  },
   allowOther: { kind: 'boolean', help: 'allow access by other users' },
   fsname: { kind: 'string', help: 'filesystem name in /proc/mounts' },
-  subtype: { kind: 'string', pattern: /^[A-Za-z0-9_.-]{1,32}$/, help: 'type shows as fuse.<subtype>' },
+  subtype: {
+    kind: 'string',
+    pattern: /^[A-Za-z0-9_.-]{1,32}$/,
+    help: 'type shows as fuse.<subtype>',
+  },
   devices: { kind: 'boolean', help: 'honour and allow device nodes' },
   suid: { kind: 'boolean', help: 'honour setuid/setgid executables' },
   allowNonEmpty: { kind: 'boolean', help: 'allow a non-empty mount point' },
@@ -278,7 +297,10 @@ export function normalizeOptions(options: MountOptions): NormalizedOptions {
   if (typeof options !== 'object' || options === null)
     throw invalid('mount() needs an options object');
   for (const [key, value] of Object.entries(options)) {
-    if (['source', 'mountpoint', 'overlay', 'idmap', 'rules', 'audit', 'cache'].includes(key) || value === undefined)
+    if (
+      ['source', 'mountpoint', 'overlay', 'idmap', 'rules', 'audit', 'cache'].includes(key) ||
+      value === undefined
+    )
       continue;
     checkOption(key, value);
   }

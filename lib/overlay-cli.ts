@@ -116,13 +116,19 @@ function usage(): string {
  */
 function overlayfsMapping(spec: string | undefined): IdRange[] | undefined {
   if (spec === undefined) return undefined;
-  return parseColonIdMap(spec).map((r) => ({ inside: r.outside, outside: r.inside, count: r.count }));
+  return parseColonIdMap(spec).map((r) => ({
+    inside: r.outside,
+    outside: r.inside,
+    count: r.count,
+  }));
 }
 
 /** A shown (container) id as stored in the layers, through the map. */
 function storedId(id: number, ranges: IdRange[] | undefined): number {
-  for (const r of ranges ?? []) if (id >= r.outside && id < r.outside + r.count) return r.inside + id - r.outside;
-  if (ranges && ranges.length) throw new FusekitError('EINVAL', `squash id ${id} is not in the id mapping`);
+  for (const r of ranges ?? [])
+    if (id >= r.outside && id < r.outside + r.count) return r.inside + id - r.outside;
+  if (ranges && ranges.length)
+    throw new FusekitError('EINVAL', `squash id ${id} is not in the id mapping`);
   return id;
 }
 
@@ -136,7 +142,11 @@ export function toMountOptions(o: OverlayCliOptions, merged: string): MountOptio
   if (o.squashToGid !== undefined) squash.gid = storedId(o.squashToGid, gid);
   const idmap =
     uid || gid || Object.keys(squash).length
-      ? { ...(uid ? { uid } : {}), ...(gid ? { gid } : {}), ...(Object.keys(squash).length ? { squash } : {}) }
+      ? {
+          ...(uid ? { uid } : {}),
+          ...(gid ? { gid } : {}),
+          ...(Object.keys(squash).length ? { squash } : {}),
+        }
       : undefined;
   return {
     ...(idmap ? { idmap } : {}),
@@ -168,7 +178,9 @@ async function daemon(opts: string, merged: string): Promise<void> {
     await m.closed;
   } catch (e) {
     const err = FusekitError.from(e);
-    process.send?.({ ok: false, message: err.message, warnings: o.warnings }, () => process.exit(1));
+    process.send?.({ ok: false, message: err.message, warnings: o.warnings }, () =>
+      process.exit(1),
+    );
   }
 }
 
@@ -236,7 +248,9 @@ if (require.main === module) {
       process.exitCode = code;
     },
     (err: unknown) => {
-      process.stderr.write(`fusekit-overlay: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.stderr.write(
+        `fusekit-overlay: ${err instanceof Error ? err.message : String(err)}\n`,
+      );
       process.exitCode = 1;
     },
   );

@@ -2,12 +2,12 @@
 // mount_handle.
 #include <errno.h>
 #include <fcntl.h>
+#include <napi.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-#include <napi.h>
-#include <sys/mount.h>
 
 #include "creds.h"
 #include "js_config.h"
@@ -21,7 +21,9 @@ Napi::Value UnmountPath(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path required");
   std::string path = info[0].As<Napi::String>();
-  std::string mode = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  std::string mode = info.Length() > 1 && info[1].IsString()
+                         ? info[1].As<Napi::String>().Utf8Value()
+                         : "";
   int flags = UMOUNT_NOFOLLOW;
   if (mode == "lazy") flags |= MNT_DETACH;
   if (mode == "force") flags |= MNT_FORCE | MNT_DETACH;

@@ -50,7 +50,7 @@ struct MountConfig {
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
   double negative_timeout = 0.0;
-  int watch = 0;  // 0 off, 1 auto, 2 fanotify, 3 inotify
+  int watch = 0;         // 0 off, 1 auto, 2 fanotify, 3 inotify
   int file_handles = 0;  // 0 auto, 1 on, 2 off: keep file handles instead of one fd per inode
   unsigned max_fds = 0;  // descriptors cached in file-handle mode (0: from RLIMIT_NOFILE)
 };

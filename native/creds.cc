@@ -72,7 +72,8 @@ CallerCreds::CallerCreds(uid_t uid, gid_t gid, mode_t umask) : umask_(umask) {
 
 CallerCreds::~CallerCreds() {
   if (switched_) {
-    // Back to the daemon's ids: at fsuid 0 the kernel restores the filesystem capabilities from the permitted set.
+    // Back to the daemon's ids: at fsuid 0 the kernel restores the filesystem capabilities from the
+    // permitted set.
     setfsuid(geteuid());
     setfsgid(getegid());
   }

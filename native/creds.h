@@ -3,8 +3,8 @@
 // and obey the caller's umask exactly as on the backing filesystem. The daemon therefore switches
 // the request thread's filesystem uid/gid and umask around the creating syscall, which makes the
 // backing filesystem apply its own rules. The kernel already checked permissions on the FUSE
-// side (default_permissions, with the caller's supplementary groups, which the daemon thread lacks),
-// so CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH/CAP_MKNOD/CAP_FSETID stay raised while switched.
+// side (default_permissions, with the caller's supplementary groups, which the daemon thread
+// lacks), so CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH/CAP_MKNOD/CAP_FSETID stay raised while switched.
 #pragma once
 
 #include <sys/types.h>

@@ -44,7 +44,7 @@ MountConfig config_from_js(const Napi::Object& o) {
   c.suid = get_bool(o, "suid", false);
   c.debug = get_bool(o, "debug", false);
   std::string pt = get_string(o, "passthrough", "auto");
-  c.passthrough = pt == "on" ? PassthroughMode::On
+  c.passthrough = pt == "on"    ? PassthroughMode::On
                   : pt == "off" ? PassthroughMode::Off
                                 : PassthroughMode::Auto;
   std::string tr = get_string(o, "transport", "auto");
@@ -68,7 +68,8 @@ MountConfig config_from_js(const Napi::Object& o) {
       std::vector<IdRange> out;
       Napi::Value v = m.Get(key);
       if (v.IsUndefined()) return out;
-      if (!v.IsArray()) throw Napi::TypeError::New(o.Env(), std::string("idmap.") + key + " must be an array");
+      if (!v.IsArray())
+        throw Napi::TypeError::New(o.Env(), std::string("idmap.") + key + " must be an array");
       Napi::Array a = v.As<Napi::Array>();
       for (uint32_t i = 0; i < a.Length(); i++) {
         Napi::Object r = a.Get(i).As<Napi::Object>();
@@ -92,8 +93,8 @@ MountConfig config_from_js(const Napi::Object& o) {
     Napi::Array a = rules.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); i++) {
       Napi::Object r = a.Get(i).As<Napi::Object>();
-      c.rules.push_back({get_string(r, "path"), get_bool(r, "deny", false),
-                         get_bool(r, "readOnly", false)});
+      c.rules.push_back(
+          {get_string(r, "path"), get_bool(r, "deny", false), get_bool(r, "readOnly", false)});
     }
   }
   std::string audit = get_string(o, "audit", "off");
@@ -107,7 +108,8 @@ MountConfig config_from_js(const Napi::Object& o) {
     Napi::Array arr = lower.As<Napi::Array>();
     for (uint32_t i = 0; i < arr.Length(); i++) {
       Napi::Value s = arr.Get(i);
-      if (!s.IsString()) throw Napi::TypeError::New(o.Env(), "overlay.lower entries must be strings");
+      if (!s.IsString())
+        throw Napi::TypeError::New(o.Env(), "overlay.lower entries must be strings");
       c.overlay.lower.push_back(s.As<Napi::String>().Utf8Value());
     }
     c.overlay.upper = get_string(v, "upper");

@@ -22,8 +22,7 @@ class MountHandle : public Napi::ObjectWrap<MountHandle> {
   explicit MountHandle(const Napi::CallbackInfo& info);
   ~MountHandle() override;
 
-  void Attach(std::shared_ptr<Session> session, Napi::Function on_closed,
-              Napi::Function on_events);
+  void Attach(std::shared_ptr<Session> session, Napi::Function on_closed, Napi::Function on_events);
 
  private:
   Napi::Value Unmount(const Napi::CallbackInfo& info);

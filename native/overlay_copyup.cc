@@ -5,8 +5,8 @@
 // ever read.
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
@@ -253,8 +253,8 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         int dfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         err = dfd < 0 ? errno : copy_meta(s->fd, dfd, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, dfd);
-        if (!err && syscall(SYS_renameat2, tmp_fd_, tmp.c_str(), pdir, name.c_str(),
-                            RENAME_NOREPLACE) != 0)
+        if (!err &&
+            syscall(SYS_renameat2, tmp_fd_, tmp.c_str(), pdir, name.c_str(), RENAME_NOREPLACE) != 0)
           err = errno;
         if (err) {
           unlinkat(tmp_fd_, tmp.c_str(), AT_REMOVEDIR);
@@ -263,8 +263,7 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         }
         result = dfd;
         // The copied directory now merges the layers below it.
-        ns->lowers.push_back(
-            {s->layer, fcntl(s->fd, F_DUPFD_CLOEXEC, 0), s->xwhiteouts});
+        ns->lowers.push_back({s->layer, fcntl(s->fd, F_DUPFD_CLOEXEC, 0), s->xwhiteouts});
         for (auto& d : s->lowers)
           ns->lowers.push_back({d.layer, fcntl(d.fd, F_DUPFD_CLOEXEC, 0), d.xwhiteouts});
         break;
@@ -333,8 +332,8 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         int nfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
         err = nfd < 0 ? errno : copy_meta(s->fd, nfd, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, nfd);
-        if (!err && syscall(SYS_renameat2, tmp_fd_, tmp.c_str(), pdir, name.c_str(),
-                            RENAME_NOREPLACE) != 0)
+        if (!err &&
+            syscall(SYS_renameat2, tmp_fd_, tmp.c_str(), pdir, name.c_str(), RENAME_NOREPLACE) != 0)
           err = errno;
         if (err) {
           unlinkat(tmp_fd_, tmp.c_str(), 0);

@@ -3,15 +3,14 @@
 // while entries come and go, and offsets are simply positions in the snapshot.
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-
 #include <unordered_set>
 
 #include "overlay.h"
@@ -118,8 +117,8 @@ int OverlayFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   // The kernel may keep the listing between opens; changes through the mount, an mtime change of
   // the directory or a watcher's invalidation drop it. A merged directory's mtime is its top
   // layer's, blind to changes in the layers below, so without a watcher it is not kept.
-  fi->cache_readdir = fi->keep_cache =
-      cfg_.attr_timeout > 0 && (cfg_.watch || inode(ino)->state()->lowers.empty());
+  fi->cache_readdir = fi->keep_cache = cfg_.attr_timeout > 0 &&
+                                       (cfg_.watch || inode(ino)->state()->lowers.empty());
   return 0;
 }
 
@@ -156,10 +155,12 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
       struct stat st {};
       st.st_ino = e.ino;
       st.st_mode = DTTOIF(e.type);
-      added = plus ? out.add_plus(e.name.c_str(), fuse_entry_param{.ino = 0, .generation = 0,
-                                                                   .attr = st,
-                                                                   .attr_timeout = 0,
-                                                                   .entry_timeout = 0},
+      added = plus ? out.add_plus(e.name.c_str(),
+                                  fuse_entry_param{.ino = 0,
+                                                   .generation = 0,
+                                                   .attr = st,
+                                                   .attr_timeout = 0,
+                                                   .entry_timeout = 0},
                                   next)
                    : out.add(e.name.c_str(), st, next);
     } else if (!session_->policy().empty() &&

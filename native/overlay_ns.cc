@@ -3,8 +3,8 @@
 // serialised by ns_m_, so a concurrent lookup sees either the old or the new name, never a gap.
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -69,9 +69,9 @@ int OverlayFs::remove_work_tree(const char* name) {
   return unlinkat(tmp_fd_, name, 0) == 0 ? 0 : errno;
 }
 
-int OverlayFs::create_object(const Request& r, OvInode* dir, const char* name, mode_t,
-                             const std::function<int(const CallerCreds&, int dirfd, const char* name)>& mk,
-                             bool is_dir) {
+int OverlayFs::create_object(
+    const Request& r, OvInode* dir, const char* name, mode_t,
+    const std::function<int(const CallerCreds&, int dirfd, const char* name)>& mk, bool is_dir) {
   if (!has_upper_) return EROFS;
   if (oci_reserved(cfg_.overlay, name)) return EINVAL;
   if (int err = copy_up(dir)) return err;
