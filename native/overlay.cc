@@ -429,22 +429,13 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
         std::string target = f->redirect[0] == '/' ? f->redirect
                                                    : dir.lower_path + "/" + f->redirect;
         f->lower_path = target;
+        // The redirect is read from a layer, so its author controls it: resolve it beneath each
+        // lower layer's root with openat2, so neither ".." nor a symlink can leave the layer.
+        size_t b = target.find_first_not_of('/');
+        std::string rel = b == std::string::npos ? "." : target.substr(b);
         for (size_t j = s.layer + 1; j < layers_.size(); j++) {
-          int cur = fcntl(layers_[j].fd, F_DUPFD_CLOEXEC, 0);
-          size_t pos = 1;
-          bool ok = cur >= 0;
-          while (ok && pos < target.size()) {
-            size_t next = target.find('/', pos);
-            std::string comp = target.substr(
-                pos, next == std::string::npos ? std::string::npos : next - pos);
-            pos = next == std::string::npos ? target.size() : next + 1;
-            if (comp.empty()) continue;
-            int nfd = openat(cur, comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            close(cur);
-            cur = nfd;
-            ok = nfd >= 0;
-          }
-          if (!ok) continue;
+          int cur = sys::open_beneath(layers_[j].fd, rel.c_str(), O_PATH | O_DIRECTORY);
+          if (cur < 0) continue;
           DirXattrs lx = read_dir_xattrs(cur);
           f->lowers.push_back({static_cast<int>(j), cur, lx.opaque == 'x'});
           if (lx.opaque == 'y' || (oci && oci_opaque(cur))) break;

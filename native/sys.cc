@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <fcntl.h>
@@ -46,6 +47,13 @@ int proc_fd_dir() {
 void proc_path(int fd, char* buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
 
 }  // namespace
+
+int open_beneath(int dirfd, const char* path, int flags) {
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  return static_cast<int>(syscall(SYS_openat2, dirfd, path, &how, sizeof how));
+}
 
 int open_tree_clone(const char* path) {
   return static_cast<int>(

@@ -40,6 +40,12 @@ int removexattr_fd(int fd, const char* name);
 // truncate() of a regular file known only by an O_PATH descriptor.
 int truncate_fd(int fd, off_t size);
 
+// Opens a path below dirfd with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+// RESOLVE_NO_MAGICLINKS): no component may be a symlink or leave dirfd's tree (".." above it,
+// absolute paths). For paths the daemon reads from disk (overlay redirects), which a layer's author
+// controls. -1/errno (EXDEV/ELOOP on an escape).
+int open_beneath(int dirfd, const char* path, int flags);
+
 // Reads a small text file (sysfs/procfs); empty on error.
 std::string read_text(const char* path);
 
