@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "with_test_helpers%": "<!(node -p \"+require('fs').existsSync('test/helpers/fsops.c')\")"
+  },
   "targets": [
     {
       "target_name": "fusekit",
@@ -37,16 +40,22 @@
       "conditions": [
         ["OS!='linux'", { "type": "none" }]
       ]
-    },
-    {
-      "target_name": "fsops",
-      "type": "executable",
-      "sources": ["test/helpers/fsops.c"],
-      "defines": ["_GNU_SOURCE"],
-      "cflags": ["-Wall", "-Wextra"],
-      "conditions": [
-        ["OS!='linux'", { "type": "none" }]
-      ]
     }
+  ],
+  "conditions": [
+    ["with_test_helpers==1", {
+      "targets": [
+        {
+          "target_name": "fsops",
+          "type": "executable",
+          "sources": ["test/helpers/fsops.c"],
+          "defines": ["_GNU_SOURCE"],
+          "cflags": ["-Wall", "-Wextra"],
+          "conditions": [
+            ["OS!='linux'", { "type": "none" }]
+          ]
+        }
+      ]
+    }]
   ]
 }
