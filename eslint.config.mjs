@@ -14,6 +14,7 @@ export default tseslint.config(
       'prebuilds/',
       'bench/results/',
       'bench/fixtures/',
+      'bench/.build/',
       '.tmp/',
     ],
   },

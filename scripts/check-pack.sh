@@ -62,14 +62,17 @@ shopt -u nullglob
 ((${#built[@]} == 1)) || die "expected one prebuilds/linux-x64/*.node, found: ${built[*]:-none}"
 prebuild=${built[0]}
 step "prebuild ${prebuild#"$src"/} ($(stat -c %s "$prebuild") bytes)"
-ldd "$prebuild" | sed 's/^/  ldd: /'
-if ldd "$prebuild" | grep -qi 'libfuse'; then
+# (Whole outputs first: `cmd | grep -q` can fail on SIGPIPE under pipefail.)
+deps=$(ldd "$prebuild")
+sed 's/^/  ldd: /' <<<"$deps"
+if grep -i 'libfuse' <<<"$deps"; then
   die "the prebuild links a shared libfuse"
 fi
-if nm -D --undefined-only "$prebuild" | grep -q ' fuse_'; then
-  die "the prebuild leaves fuse_* symbols undefined: $(nm -D --undefined-only "$prebuild" | grep ' fuse_' | head -3)"
+undefined=$(nm -D --undefined-only "$prebuild")
+if grep ' fuse_' <<<"$undefined"; then
+  die "the prebuild leaves fuse_* symbols undefined"
 fi
-nm -D --defined-only "$prebuild" | grep -Eq ' napi_register_module_v1(@|$)' ||
+grep -Eq ' napi_register_module_v1(@|$)' <<<"$(nm -D --defined-only "$prebuild")" ||
   die "the prebuild does not export napi_register_module_v1"
 
 # ---- 2. the tarball
