@@ -1,9 +1,10 @@
-// Turns samples into Markdown: one table per pin mode (median per target and metric, with the
-// ratio to native), then the goals checked against those medians.
+// Turns samples into Markdown: per suite, one table per pin mode (median per target and metric,
+// with the ratios to the suite's baselines), then the goals checked against those medians.
 import type { Metric } from './workloads';
 import { median } from './util';
 
 export interface Sample {
+  suite: string;
   pin: string;
   rep: number;
   target: string;
@@ -100,7 +101,11 @@ export function ratio(
 function fmtValue(metric: Metric, raw: number | undefined): string {
   if (raw === undefined) return '—';
   const v = raw * metric.scale;
-  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+  const a = Math.abs(v);
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  if (a >= 1 || v === 0) return v.toFixed(2);
+  return v.toPrecision(2);
 }
 
 function fmtRatio(r: number | undefined): string {
@@ -115,12 +120,27 @@ function isHp(target: string): boolean {
   return target.startsWith('passthrough_hp');
 }
 
+/** Checks a suite's goals against the medians of one pin mode; returns Markdown lines. */
+export type GoalsFn = (summary: Summary, pin: string, ts: string[], metrics: Metric[]) => string[];
+
+export interface TableOptions {
+  /**
+   * Targets the ratios are relative to, in order: each cell shows one ratio per baseline (a
+   * baseline's own cell only those to the baselines before it). None: values only.
+   */
+  baselines: string[];
+  goals?: GoalsFn;
+}
+
+const esc = (t: string): string => t.replace(/_/g, '\\_');
+
 export function markdown(
   summary: Summary,
   pins: string[],
   targets: string[],
   metrics: Metric[],
   notes: Record<string, string>,
+  opts: TableOptions,
 ): string {
   const out: string[] = [];
   const targetsOf = (pin: string): string[] => targets.filter((t) => summary.medians[pin]?.[t]);
@@ -128,9 +148,8 @@ export function markdown(
     const med = summary.medians[pin];
     if (!med) continue;
     const ts = targetsOf(pin);
-    const native = med['native'];
     out.push(`### ${pin}`, '');
-    out.push(`| metric | ${ts.map((t) => t.replace(/_/g, '\\_')).join(' | ')} |`);
+    out.push(`| metric | ${ts.map(esc).join(' | ')} |`);
     out.push(`|---|${ts.map(() => '---:').join('|')}|`);
     for (const m of metrics) {
       if (!ts.some((t) => med[t]?.[m.key] !== undefined)) continue;
@@ -143,8 +162,14 @@ export function markdown(
         )
           ? ' †'
           : '';
-        if (t === 'native' || !native) return `${noisy}${fmtValue(m, v)}${failed}`;
-        return `${noisy}${fmtValue(m, v)} (${fmtRatio(ratio(m, v, native[m.key]))})${failed}`;
+        const k = opts.baselines.indexOf(t);
+        const bases = k < 0 ? opts.baselines : opts.baselines.slice(0, k);
+        const ratios =
+          m.ratio === false || v === undefined
+            ? []
+            : bases.map((b) => fmtRatio(ratio(m, v, med[b]?.[m.key])));
+        const r = ratios.length ? ` (${ratios.join(' / ')})` : '';
+        return `${noisy}${fmtValue(m, v)}${r}${failed}`;
       });
       out.push(`| ${m.label}, ${m.unit} | ${cells.join(' | ')} |`);
     }
@@ -158,10 +183,10 @@ export function markdown(
         );
       out.push('');
     }
-    out.push(...goals(summary, pin, ts, metrics));
-    out.push('');
-    out.push(...cpuTable(summary, pin, ts, metrics));
-    out.push('');
+    const goals = opts.goals?.(summary, pin, ts, metrics) ?? [];
+    if (goals.length) out.push(...goals, '');
+    const cpu = cpuTable(summary, pin, ts, metrics, opts.baselines[0]);
+    if (cpu.length) out.push(...cpu, '');
   }
   out.push('Targets:', '');
   for (const t of targets) if (notes[t]) out.push(`- **${t}**: ${notes[t]}`);
@@ -172,33 +197,50 @@ export function markdown(
  * CPU time of the timed parts, workload process plus daemon: what the work costs, barely moved by
  * other load on the machine, unlike wall time.
  */
-function cpuTable(summary: Summary, pin: string, ts: string[], metrics: Metric[]): string[] {
+function cpuTable(
+  summary: Summary,
+  pin: string,
+  ts: string[],
+  metrics: Metric[],
+  baseline: string | undefined,
+): string[] {
   const cpu = summary.cpu[pin];
   if (!cpu) return [];
-  const native = cpu['native'];
+  const ms = metrics.filter(
+    (m) => m.ratio !== false && ts.some((t) => cpu[t]?.[m.key] !== undefined),
+  );
+  if (!ms.length) return [];
+  const base = baseline ? cpu[baseline] : undefined;
   const out = [
-    `CPU time of the timed part (workload process + daemon, median), ms (native ÷ target):`,
+    `CPU time of the timed part (workload process + daemon, median), ms${baseline ? ` (${baseline} ÷ target)` : ''}:`,
     '',
-    `| metric | ${ts.map((t) => t.replace(/_/g, '\\_')).join(' | ')} |`,
+    `| metric | ${ts.map(esc).join(' | ')} |`,
     `|---|${ts.map(() => '---:').join('|')}|`,
   ];
-  const ms = (v: number | undefined): string =>
+  const fmt = (v: number | undefined): string =>
     v === undefined ? '—' : v * 1e3 >= 100 ? (v * 1e3).toFixed(0) : (v * 1e3).toFixed(1);
-  for (const m of metrics) {
-    if (!ts.some((t) => cpu[t]?.[m.key] !== undefined)) continue;
+  for (const m of ms) {
     const cells = ts.map((t) => {
       const v = cpu[t]?.[m.key];
-      const n = native?.[m.key];
-      if (t === 'native' || v === undefined || n === undefined || !(v > 0)) return ms(v);
-      return `${ms(v)} (${(n / v).toFixed(2)})`;
+      const n = base?.[m.key];
+      if (t === baseline || v === undefined || n === undefined || !(v > 0)) return fmt(v);
+      return `${fmt(v)} (${(n / v).toFixed(2)})`;
     });
     out.push(`| ${m.label} | ${cells.join(' | ')} |`);
   }
   return out;
 }
 
-/** The issue's goals, checked against the medians of one pin mode. */
-function goals(summary: Summary, pin: string, ts: string[], metrics: Metric[]): string[] {
+/**
+ * Passthrough suite: the data path of the passthrough targets should reach 0.95 of native, and
+ * every metadata figure of fusekit should be at least as fast as passthrough_hp's best mode.
+ */
+export function passthroughGoals(
+  summary: Summary,
+  pin: string,
+  ts: string[],
+  metrics: Metric[],
+): string[] {
   const med = summary.medians[pin]!;
   const native = med['native'];
   const fk = ts.filter(isFusekit);
@@ -241,9 +283,62 @@ function goals(summary: Summary, pin: string, ts: string[], metrics: Metric[]): 
         return r === undefined ? '—' : r < 1 ? `**${r.toFixed(2)}**` : r.toFixed(2);
       });
       out.push(
-        `| ${m.label} | ${fmtValue(m, best.v)} ${m.unit} (${best.t.replace(/_/g, '\\_')}) | ${cells.join(' | ')} |`,
+        `| ${m.label} | ${fmtValue(m, best.v)} ${m.unit} (${esc(best.t)}) | ${cells.join(' | ')} |`,
       );
     }
   }
+  return out;
+}
+
+/**
+ * "Within limit× of reference": a table of slowdown factors (reference speed ÷ target speed, so
+ * 1.30 means 30% slower than the reference) of every ratio metric, for the candidates (whose goal
+ * rows are checked, misses in bold) and for other targets shown for comparison; then a verdict.
+ */
+export function factorGoal(o: {
+  summary: Summary;
+  pin: string;
+  ts: string[];
+  metrics: Metric[];
+  reference: string;
+  limit: number;
+  candidates: string[];
+  others: string[];
+  /** The metrics the goal is about (the other rows are shown for information). */
+  goal: (m: Metric) => boolean;
+  title: string;
+}): string[] {
+  const med = o.summary.medians[o.pin]!;
+  const ref = med[o.reference];
+  const cand = o.candidates.filter((t) => o.ts.includes(t));
+  const cols = [...cand, ...o.others.filter((t) => o.ts.includes(t) && !cand.includes(t))];
+  if (!ref || !cand.length) return [];
+  const out = [
+    `${o.title}: slowdown vs ${o.reference} (its speed ÷ target speed; ● marks the rows the ` +
+      `goal is about, misses in bold):`,
+    '',
+    `| metric | ${cols.map(esc).join(' | ')} |`,
+    `|---|${cols.map(() => '---:').join('|')}|`,
+  ];
+  const misses: string[] = [];
+  for (const m of o.metrics) {
+    if (m.ratio === false || ref[m.key] === undefined) continue;
+    const isGoal = o.goal(m);
+    const cells = cols.map((t) => {
+      const r = ratio(m, med[t]?.[m.key], ref[m.key]);
+      if (r === undefined) return '—';
+      const f = 1 / r;
+      const miss = isGoal && cand.includes(t) && f > o.limit;
+      if (miss) misses.push(`${t} ${m.label} ${f.toFixed(2)}×`);
+      return miss ? `**${f.toFixed(2)}×**` : `${f.toFixed(2)}×`;
+    });
+    out.push(`| ${isGoal ? '● ' : ''}${m.label} | ${cells.join(' | ')} |`);
+  }
+  out.push(
+    '',
+    misses.length
+      ? `${o.title} (goal ≤ ${o.limit}× of ${o.reference}): **missed** — ${misses.join('; ')}.`
+      : `${o.title} (goal ≤ ${o.limit}× of ${o.reference}): met.`,
+  );
   return out;
 }

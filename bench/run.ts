@@ -1,17 +1,22 @@
-// `npm run bench`: native vs fusekit vs libfuse's passthrough_hp, targets interleaved, run once
-// unpinned and once with daemons and workloads on one CPU. See bench/README.md.
+// `npm run bench`: the suites of suites.ts in one run — passthrough (native vs fusekit vs
+// libfuse's passthrough_hp), overlay (kernel overlayfs vs fusekit overlay vs fuse-overlayfs),
+// cache (large-tree metadata and change visibility with the watcher) and memory (bytes per cached
+// inode). Targets interleaved; the pinnable suites run once unpinned and once with daemons and
+// workloads on one CPU. See bench/README.md.
 //
-// Environment: BENCH_REPS (3), BENCH_SIZE (1G), BENCH_FILES (10000), BENCH_FILTER (comma-separated
-// substrings of target or workload names), BENCH_PIN (both | unpinned | pinned), BENCH_CPU (0),
-// BENCH_QUIET (3: seconds to wait for other load to pass before each sample, at most 60 times
-// that over the run).
+// Environment: BENCH_SUITE (all: passthrough,overlay,cache,memory), BENCH_REPS (3), BENCH_SIZE
+// (1G), BENCH_FILES (10000), BENCH_TREE_FILES (100000), BENCH_CHANGES (200), BENCH_FILTER
+// (comma-separated substrings of target or workload names), BENCH_PIN (both | unpinned |
+// pinned), BENCH_CPU (0), BENCH_QUIET (3: seconds to wait for other load to pass before each
+// sample, at most 60 times that over the run).
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { ensureRootfsTar } from './fixture';
-import { markdown, type Sample, summarize } from './report';
-import { allTargets, checkTargetTools, type Target } from './targets';
+import { ensureRootfsTar, type FixtureConfig, haveGit } from './fixture';
+import { markdown, type Sample, summarize, type Summary } from './report';
+import { type Suite, SUITES } from './suites';
+import { checkTargetTools, type Target } from './targets';
 import {
   check,
   FIXTURES,
@@ -27,29 +32,44 @@ import {
   sleep,
   waitQuiet,
 } from './util';
-import { allWorkloads, buildHelpers, type Workload, type WorkloadContext } from './workloads';
+import { buildHelpers, type Workload, type WorkloadContext } from './workloads';
 
 const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 
-interface Config {
-  reps: number;
-  size: number;
-  files: number;
-  quiet: number;
-  pins: { name: string; cpus: string | undefined }[];
-  targets: Target[];
-  workloads: Workload[];
+interface Pin {
+  name: string;
+  cpus: string | undefined;
 }
 
-function config(): Config {
+/** A suite with the targets and workloads BENCH_FILTER left it. */
+interface Plan {
+  suite: Suite;
+  targets: Target[];
+  workloads: Workload[];
+  pins: Pin[];
+}
+
+interface Config extends FixtureConfig {
+  reps: number;
+  quiet: number;
+  plans: Plan[];
+}
+
+function positiveInt(name: string, def: number): number {
+  const v = Number(process.env[name] ?? def);
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer`);
+  return v;
+}
+
+async function config(): Promise<Config> {
   const env = process.env;
-  const reps = Number(env.BENCH_REPS ?? 3);
-  if (!Number.isInteger(reps) || reps < 1) throw new Error('BENCH_REPS must be a positive integer');
+  const reps = positiveInt('BENCH_REPS', 3);
   const size = parseSize(env.BENCH_SIZE ?? '1G');
   if (size < 2 ** 20) throw new Error('BENCH_SIZE must be at least 1M');
-  const files = Number(env.BENCH_FILES ?? 10000);
-  if (!Number.isInteger(files) || files < 1)
-    throw new Error('BENCH_FILES must be a positive integer');
+  const files = positiveInt('BENCH_FILES', 10000);
+  const treeFiles = positiveInt('BENCH_TREE_FILES', 100000);
+  const changes = positiveInt('BENCH_CHANGES', 200);
+  if (changes > 10000) throw new Error('BENCH_CHANGES must be at most 10000');
   const quiet = Number(env.BENCH_QUIET ?? 3);
   if (!(quiet >= 0)) throw new Error('BENCH_QUIET must be a number of seconds');
   const cpu = env.BENCH_CPU ?? '0';
@@ -57,33 +77,62 @@ function config(): Config {
   const pinSel = env.BENCH_PIN ?? 'both';
   if (!['both', 'unpinned', 'pinned'].includes(pinSel))
     throw new Error('BENCH_PIN must be both, unpinned or pinned');
-  const pins = Object.entries(pinModes)
+  const pins: Pin[] = Object.entries(pinModes)
     .filter(([n]) => pinSel === 'both' || pinSel === n)
     .map(([n, cpus]) => ({ name: n === 'pinned' ? `pinned to CPU ${cpu}` : n, cpus }));
+  const fx: FixtureConfig = { size, files, treeFiles, changes };
 
-  let targets = allTargets();
-  let workloads = allWorkloads();
+  const names = (env.BENCH_SUITE ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const unknownSuites = names.filter((n) => !SUITES.some((s) => s.name === n));
+  if (unknownSuites.length)
+    throw new Error(
+      `BENCH_SUITE: unknown ${unknownSuites.join(', ')} (suites: ${SUITES.map((s) => s.name).join(', ')})`,
+    );
+  const suites = names.length ? SUITES.filter((s) => names.includes(s.name)) : SUITES;
+
   const terms = (env.BENCH_FILTER ?? '')
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  if (terms.length) {
-    const tHit = (n: string): boolean => terms.some((f) => n.includes(f));
-    const wMatch = (w: Workload, f: string): boolean =>
-      w.name.includes(f) || w.metrics.some((m) => m.key.includes(f));
-    const wHit = (w: Workload): boolean => terms.some((f) => wMatch(w, f));
-    const unknown = terms.filter(
-      (f) => !targets.some((t) => t.name.includes(f)) && !workloads.some((w) => wMatch(w, f)),
-    );
-    if (unknown.length)
-      throw new Error(`BENCH_FILTER: ${unknown.join(', ')} matches no target or workload`);
-    // Terms naming targets select targets, terms naming workloads select workloads; native always
-    // runs because every ratio is relative to it.
-    if (targets.some((t) => t.name !== 'native' && tHit(t.name)))
-      targets = targets.filter((t) => t.name === 'native' || tHit(t.name));
-    if (workloads.some(wHit)) workloads = workloads.filter(wHit);
+  const wMatch = (w: Workload, f: string): boolean =>
+    w.name.includes(f) || w.metrics.some((m) => m.key.includes(f));
+  const plans: Plan[] = [];
+  const used = new Set<string>();
+  for (const suite of suites) {
+    let targets = suite.targets();
+    let workloads = await suite.workloads(fx);
+    const pinsOf = suite.pinnable
+      ? pins
+      : [{ name: 'unpinned', cpus: undefined }].filter(() => pinSel !== 'pinned');
+    if (terms.length) {
+      const isBase = (t: Target): boolean => suite.baselines.includes(t.name);
+      const tTerms = terms.filter((f) => targets.some((t) => !isBase(t) && t.name.includes(f)));
+      const wTerms = terms.filter((f) => workloads.some((w) => wMatch(w, f)));
+      for (const f of terms)
+        if (tTerms.includes(f) || wTerms.includes(f) || targets.some((t) => t.name.includes(f)))
+          used.add(f);
+      // A suite none of the terms is about does not run.
+      if (!terms.some((f) => targets.some((t) => t.name.includes(f))) && !wTerms.length) continue;
+      // Terms naming targets select targets, terms naming workloads select workloads; the
+      // baselines always run because the ratios are relative to them.
+      if (tTerms.length)
+        targets = targets.filter((t) => isBase(t) || tTerms.some((f) => t.name.includes(f)));
+      if (wTerms.length) workloads = workloads.filter((w) => wTerms.some((f) => wMatch(w, f)));
+    }
+    if (!pinsOf.length) {
+      log(`${suite.name}: runs unpinned only, skipped with BENCH_PIN=pinned`);
+      continue;
+    }
+    plans.push({ suite, targets, workloads, pins: pinsOf });
   }
-  return { reps, size, files, quiet, pins, targets, workloads };
+  const unknown = terms.filter((f) => !used.has(f));
+  if (unknown.length)
+    throw new Error(`BENCH_FILTER: ${unknown.join(', ')} matches no target or workload`);
+  if (!plans.length) throw new Error('nothing to run');
+  return { reps, quiet, plans, ...fx };
 }
 
 async function loadavg(): Promise<number> {
@@ -110,15 +159,15 @@ async function snapshot(t: Target): Promise<unknown> {
   return Promise.race([t.snapshot(), sleep(5000).then(() => undefined)]);
 }
 
-/** Sets up a target, retrying for a while: the addon may be being rebuilt right now. */
-async function setupTarget(t: Target, cpus: string | undefined, size: number): Promise<string> {
+/** Runs a setup step, retrying for a while: the addon may be being rebuilt right now. */
+async function retrying<T>(t: Target, what: string, fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await t.setup({ cpus, size });
+      return await fn();
     } catch (e) {
       await t.teardown().catch(() => undefined);
       if (attempt >= 10) throw e;
-      log(`${t.name}: setup failed (${e instanceof Error ? e.message : String(e)}), retrying`);
+      log(`${t.name}: ${what} failed (${e instanceof Error ? e.message : String(e)}), retrying`);
       await sleep(10_000);
     }
   }
@@ -139,36 +188,177 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
   const dirty = (
     await run('git', ['-C', REPO_DIR, 'status', '--porcelain', '--', 'native', 'lib'])
   ).stdout.trim();
-  const fio = (await run('fio', ['--version'])).stdout.trim();
+  const version = async (cmd: string, args: string[]): Promise<string> =>
+    (await run('sh', ['-c', `${cmd} ${args.join(' ')} 2>&1`])).stdout.split('\n')[0]!.trim();
+  const kinds = new Set(cfg.plans.map((p) => p.suite.name));
   return {
     date: new Date().toISOString(),
     kernel: os.release(),
     cpu: `${cpu} × ${os.cpus().length}`,
     memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
     fusekit: `${head}${dirty ? ' + uncommitted changes in native/ or lib/' : ''}`,
-    fio,
+    fio: await version('fio', ['--version']),
+    ...(kinds.has('overlay')
+      ? { fuseOverlayfs: await version('fuse-overlayfs', ['--version']) }
+      : {}),
+    ...(kinds.has('cache') && (await haveGit())
+      ? { git: await version('git', ['--version']) }
+      : {}),
+    suites: cfg.plans.map((p) => p.suite.name).join(','),
     size: formatSize(cfg.size),
     reps: String(cfg.reps),
     files: String(cfg.files),
+    treeFiles: String(cfg.treeFiles),
+    changes: String(cfg.changes),
   };
 }
 
+/** Shared state of the run, for the interrupt handler and the quiet-wait budget. */
+interface RunState {
+  active: Set<Target>;
+  aborting: boolean;
+  quietBudget: number;
+  info: Record<string, Record<string, unknown>>;
+}
+
+/** Every repetition of one suite; returns its samples. */
+async function runPlan(plan: Plan, cfg: Config, st: RunState): Promise<Sample[]> {
+  const { suite, targets, workloads } = plan;
+  const samples: Sample[] = [];
+  for (const pin of plan.pins) {
+    for (let rep = 0; rep < cfg.reps; rep++) {
+      // Fresh mounts every repetition; the start of the target order rotates so no target
+      // always follows the same neighbour.
+      const order = targets.map((_, i) => targets[(i + rep) % targets.length]!);
+      const dirs = new Map<Target, string>();
+      const ctxOf = { ...cfg, cpus: pin.cpus };
+      try {
+        for (const t of order) {
+          if (st.aborting) throw new Error('interrupted');
+          st.active.add(t);
+          try {
+            dirs.set(t, await retrying(t, 'setup', () => t.setup(ctxOf)));
+            if (t.info) st.info[`${suite.name}/${pin.name}/${t.name}`] = t.info;
+          } catch (e) {
+            log(`${t.name}: setup failed: ${e instanceof Error ? e.message : String(e)}`);
+            st.active.delete(t);
+          }
+        }
+        // Targets a workload changed: reset before their next sample.
+        const dirty = new Set<Target>();
+        for (const w of workloads) {
+          for (const t of order) {
+            // After an interrupt the mounts are gone: writing on would land in the bare mount points.
+            if (st.aborting) throw new Error('interrupted');
+            const dir = dirs.get(t);
+            if (!dir) continue;
+            if (dirty.has(t) && t.reset) {
+              try {
+                await retrying(t, 'reset', () => t.reset!());
+                await check('sync', []);
+              } catch (e) {
+                log(`${t.name}: reset failed: ${e instanceof Error ? e.message : String(e)}`);
+                dirs.delete(t);
+                st.active.delete(t);
+                continue;
+              }
+            }
+            dirty.add(t);
+            const ctx: WorkloadContext = {
+              ...cfg,
+              cpus: pin.cpus,
+              backing: t.backing,
+              daemonCpu: async () => (t.cpuSeconds ? t.cpuSeconds() : 0),
+              stats: () => snapshot(t),
+              pid: () => t.pid?.(),
+              cpu: {},
+            };
+            // The wait is capped per sample and per run: on a machine that never gets quiet it
+            // would only make the run longer.
+            const t0 = Date.now();
+            const busy = await waitQuiet(Math.min(cfg.quiet, Math.max(0, st.quietBudget)));
+            st.quietBudget -= (Date.now() - t0) / 1000;
+            const s: Sample = {
+              suite: suite.name,
+              pin: pin.name,
+              rep,
+              target: t.name,
+              workload: w.name,
+              values: {},
+              load: await loadavg(),
+              busy,
+            };
+            const before = await snapshot(t);
+            try {
+              s.values = await w.run(dir, ctx);
+            } catch (e) {
+              s.error = e instanceof Error ? e.message : String(e);
+              log(
+                `${suite.name} ${pin.name} rep ${rep + 1} ${w.name} on ${t.name} failed: ${s.error}`,
+              );
+            }
+            s.cpu = ctx.cpu;
+            s.ops = opDelta(before, await snapshot(t));
+            samples.push(s);
+            // Metadata of the cleanup is written back now, not during the next sample.
+            await check('sync', []);
+            log(
+              `${suite.name} ${pin.name} rep ${rep + 1}/${cfg.reps} ${w.name.padEnd(9)} ${t.name.padEnd(24)} ${Object.entries(
+                s.values,
+              )
+                .map(([k, v]) => `${k}=${Math.abs(v) < 100 ? v.toPrecision(4) : v.toFixed(0)}`)
+                .join(' ')}`,
+            );
+          }
+        }
+      } finally {
+        for (const t of order) {
+          if (!st.active.has(t)) continue;
+          await t.teardown();
+          st.active.delete(t);
+        }
+      }
+    }
+  }
+  return samples;
+}
+
+/** Notes of the targets, with what the fusekit mounts really negotiated. */
+function notesOf(plan: Plan, st: RunState): Record<string, string> {
+  const notes: Record<string, string> = {};
+  for (const t of plan.targets) {
+    const ran = new Set<string>();
+    for (const [k, v] of Object.entries(st.info)) {
+      if (!k.startsWith(`${plan.suite.name}/`) || !k.endsWith(`/${t.name}`)) continue;
+      if (typeof v.transport === 'string')
+        ran.add(`${v.transport}, passthrough ${v.passthrough ? 'on' : 'off'}`);
+      else if (typeof v.options === 'string') ran.add(v.options);
+    }
+    notes[t.name] = t.note + (ran.size ? ` — ran with: ${[...ran].join('; ')}` : '');
+  }
+  return notes;
+}
+
 async function main(): Promise<void> {
-  const cfg = config();
+  const cfg = await config();
   if (process.getuid?.() !== 0)
     throw new Error('the bench needs root (drop_caches, passthrough, mounts)');
   const started = Date.now();
-  const active = new Set<Target>();
+  const st: RunState = {
+    active: new Set(),
+    aborting: false,
+    quietBudget: 60 * cfg.quiet,
+    info: {},
+  };
   let uringRestore: string | undefined;
   let cleaning: Promise<void> | undefined;
-  let aborting = false;
 
   const cleanup = (): Promise<void> =>
     (cleaning ??= (async () => {
       for (const c of liveChildren) c.kill('SIGTERM');
-      for (const t of active)
+      for (const t of st.active)
         await t.teardown().catch((e: unknown) => log(`${t.name}: teardown: ${String(e)}`));
-      active.clear();
+      st.active.clear();
       for (const mp of await mountsUnder(path.join(FIXTURES, 'mnt'))) {
         log(`removing leftover mount ${mp}`);
         await forceUnmount(mp);
@@ -183,7 +373,7 @@ async function main(): Promise<void> {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
       log(`${sig}: cleaning up`);
-      aborting = true;
+      st.aborting = true;
       void cleanup().finally(() => process.exit(130));
     });
   }
@@ -194,11 +384,11 @@ async function main(): Promise<void> {
     if ((await run('sh', ['-c', 'command -v fio'])).code !== 0)
       await check('apt-get', ['install', '-y', 'fio']);
     await buildHelpers();
-    await checkTargetTools(cfg.targets);
+    const allTargets = cfg.plans.flatMap((p) => p.targets);
+    await checkTargetTools(allTargets);
     await ensureRootfsTar();
 
-    let targets = cfg.targets;
-    if (targets.some((t) => t.needsUring)) {
+    if (allTargets.some((t) => t.needsUring)) {
       const cur = (await fsp.readFile(URING_PARAM, 'utf8').catch(() => '')).trim();
       if (cur === 'N') {
         try {
@@ -211,109 +401,32 @@ async function main(): Promise<void> {
       }
       if (cur !== 'Y' && uringRestore === undefined) {
         log('FUSE-over-io_uring is unavailable: skipping the io_uring targets');
-        targets = targets.filter((t) => !t.needsUring);
+        for (const p of cfg.plans) p.targets = p.targets.filter((t) => !t.needsUring);
       }
     }
     // All fixtures exist before anything is timed.
-    for (const t of targets) await t.prepare(cfg.size);
+    for (const p of cfg.plans) for (const t of p.targets) await t.prepare(cfg);
 
     const env = await environment(cfg);
-    log(`targets: ${targets.map((t) => t.name).join(', ')}`);
-    log(
-      `workloads: ${cfg.workloads.map((w) => w.name).join(', ')}; size ${env.size}, ${cfg.reps} reps`,
-    );
+    for (const p of cfg.plans)
+      log(
+        `${p.suite.name}: targets ${p.targets.map((t) => t.name).join(', ')}; workloads ${p.workloads.map((w) => w.name).join(', ')}`,
+      );
+    log(`size ${env.size}, ${cfg.files} files, tree ${cfg.treeFiles} files, ${cfg.reps} reps`);
 
-    let quietBudget = 60 * cfg.quiet;
     const stamp0 = await addonStamp();
-    let addonChanged = false;
     const samples: Sample[] = [];
-    const info: Record<string, Record<string, unknown>> = {};
-    for (const pin of cfg.pins) {
-      for (let rep = 0; rep < cfg.reps; rep++) {
-        // Fresh mounts every repetition; the start of the target order rotates so no target
-        // always follows the same neighbour.
-        const order = targets.map((_, i) => targets[(i + rep) % targets.length]!);
-        const dirs = new Map<Target, string>();
-        try {
-          for (const t of order) {
-            if (aborting) throw new Error('interrupted');
-            active.add(t);
-            try {
-              dirs.set(t, await setupTarget(t, pin.cpus, cfg.size));
-              if (t.info) info[`${pin.name}/${t.name}`] = t.info;
-            } catch (e) {
-              log(`${t.name}: setup failed: ${e instanceof Error ? e.message : String(e)}`);
-              active.delete(t);
-            }
-          }
-          for (const w of cfg.workloads) {
-            for (const t of order) {
-              // After an interrupt the mounts are gone: writing on would land in the bare mount points.
-              if (aborting) throw new Error('interrupted');
-              const dir = dirs.get(t);
-              if (!dir) continue;
-              const ctx: WorkloadContext = {
-                cpus: pin.cpus,
-                size: cfg.size,
-                files: cfg.files,
-                daemonCpu: async () => (t.cpuSeconds ? t.cpuSeconds() : 0),
-                cpu: {},
-              };
-              // The wait is capped per sample and per run: on a machine that never gets quiet it
-              // would only make the run longer.
-              const t0 = Date.now();
-              const busy = await waitQuiet(Math.min(cfg.quiet, Math.max(0, quietBudget)));
-              quietBudget -= (Date.now() - t0) / 1000;
-              const s: Sample = {
-                pin: pin.name,
-                rep,
-                target: t.name,
-                workload: w.name,
-                values: {},
-                load: await loadavg(),
-                busy,
-              };
-              const before = await snapshot(t);
-              try {
-                s.values = await w.run(dir, ctx);
-              } catch (e) {
-                s.error = e instanceof Error ? e.message : String(e);
-                log(`${pin.name} rep ${rep + 1} ${w.name} on ${t.name} failed: ${s.error}`);
-              }
-              s.cpu = ctx.cpu;
-              s.ops = opDelta(before, await snapshot(t));
-              samples.push(s);
-              // Metadata of the cleanup is written back now, not during the next sample.
-              await check('sync', []);
-              log(
-                `${pin.name} rep ${rep + 1}/${cfg.reps} ${w.name.padEnd(8)} ${t.name.padEnd(24)} ${Object.entries(
-                  s.values,
-                )
-                  .map(([k, v]) => `${k}=${v < 100 ? v.toFixed(4) : v.toFixed(0)}`)
-                  .join(' ')}`,
-              );
-            }
-          }
-        } finally {
-          for (const t of order) {
-            if (!active.has(t)) continue;
-            await t.teardown();
-            active.delete(t);
-          }
-          if ((await addonStamp()) !== stamp0 && !addonChanged) {
-            addonChanged = true;
-            log('WARNING: build/Release/fusekit.node changed during the run');
-          }
-        }
-      }
+    const summaries: Record<string, Summary> = {};
+    for (const p of cfg.plans) {
+      samples.push(...(await runPlan(p, cfg, st)));
+      summaries[p.suite.name] = summarize(
+        samples.filter((s) => s.suite === p.suite.name),
+        (w) => p.workloads.find((x) => x.name === w)?.metrics.map((m) => m.key) ?? [],
+      );
     }
+    const addonChanged = (await addonStamp()) !== stamp0;
+    if (addonChanged) log('WARNING: build/Release/fusekit.node changed during the run');
 
-    const summary = summarize(
-      samples,
-      (w) => cfg.workloads.find((x) => x.name === w)?.metrics.map((m) => m.key) ?? [],
-    );
-    const metrics = cfg.workloads.flatMap((w) => w.metrics);
-    const notes = Object.fromEntries(targets.map((t) => [t.name, t.note]));
     const loads = samples.map((s) => s.load);
     const busy = samples.map((s) => s.busy).sort((a, b) => a - b);
     const busyMedian = busy[Math.floor(busy.length / 2)] ?? 0;
@@ -322,10 +435,15 @@ async function main(): Promise<void> {
     const md = [
       `## Benchmark ${env.date!.slice(0, 16).replace('T', ' ')} UTC`,
       '',
-      `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}. ` +
-        `Data file ${env.size}, ${env.files} files, median of ${env.reps} interleaved repetitions ` +
-        `(${minutes} min). Other load on the machine: 1-min load average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; ` +
-        `CPU busy just before a sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ${busy.length} samples started above 15% after waiting up to ${cfg.quiet} s (${Math.round(60 * cfg.quiet - quietBudget)} s in all).`,
+      `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}` +
+        `${env.fuseOverlayfs ? `; ${env.fuseOverlayfs}` : ''}${env.git ? `; ${env.git}` : ''}. ` +
+        `Suites ${env.suites}; data file ${env.size}, ${env.files} small files, a tree of ` +
+        `${env.treeFiles} files, ${env.changes} changes; median of ${env.reps} interleaved ` +
+        `repetitions (${minutes} min). Other load on the machine: 1-min load average ` +
+        `${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; CPU busy just before a ` +
+        `sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ${busy.length} ` +
+        `samples started above 15% after waiting up to ${cfg.quiet} s ` +
+        `(${Math.round(60 * cfg.quiet - st.quietBudget)} s in all).`,
       '',
       ...(addonChanged
         ? [
@@ -333,18 +451,23 @@ async function main(): Promise<void> {
             '',
           ]
         : []),
-      'Cells: median value (speed relative to native: throughput target÷native, times native÷target — ' +
-        'higher is better either way). "~" marks a spread (max−min over the repetitions) above 20% of the median. ' +
-        "The fusekit head-to-head targets use passthrough_hp's caching: entry, attribute and negative timeouts of 86400 s.",
+      '"~" marks a spread (max−min over the repetitions) above 20% of the median.',
       '',
-      markdown(
-        summary,
-        cfg.pins.map((p) => p.name),
-        targets.map((t) => t.name),
-        metrics,
-        notes,
-      ),
-      '',
+      ...cfg.plans.flatMap((p) => [
+        `## ${p.suite.title}`,
+        '',
+        p.suite.intro,
+        '',
+        markdown(
+          summaries[p.suite.name]!,
+          p.pins.map((x) => x.name),
+          p.targets.map((t) => t.name),
+          p.workloads.flatMap((w) => w.metrics),
+          notesOf(p, st),
+          { baselines: p.suite.baselines, goals: p.suite.goals },
+        ),
+        '',
+      ]),
     ].join('\n');
     process.stdout.write(md);
     await fsp.mkdir(RESULTS, { recursive: true });
@@ -355,10 +478,15 @@ async function main(): Promise<void> {
       JSON.stringify(
         {
           environment: env,
-          targets: targets.map((t) => ({ name: t.name, note: t.note })),
-          info,
-          metrics,
-          summary,
+          suites: cfg.plans.map((p) => ({
+            name: p.suite.name,
+            baselines: p.suite.baselines,
+            pins: p.pins.map((x) => x.name),
+            targets: p.targets.map((t) => ({ name: t.name, note: t.note })),
+            metrics: p.workloads.flatMap((w) => w.metrics),
+            summary: summaries[p.suite.name],
+          })),
+          info: st.info,
           samples,
         },
         null,

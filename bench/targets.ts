@@ -1,14 +1,14 @@
-// Benchmark targets: something that, once set up, offers a directory holding the fixture
-// (rootfs/, data.bin) and a scratch work/ directory. Adding a target (e.g. an overlay: kernel
-// overlayfs, fusekit overlay, fuse-overlayfs) means adding a factory here and an entry to
-// allTargets(); the workloads only see the directory.
+// Benchmark targets: something that, once set up, offers a directory holding a fixture (see
+// fixture.ts): the directory itself (native), a FUSE mount of it (fusekit, passthrough_hp), or an
+// overlay with it as the lower layer (kernel overlayfs, fusekit overlay, fuse-overlayfs). The
+// workloads only see the directory. The suites (suites.ts) pick the targets they compare.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 
 import type { MountOptions } from '../lib';
-import { ensureSource } from './fixture';
+import type { Fixture, FixtureConfig } from './fixture';
 import {
   check,
   exists,
@@ -21,11 +21,9 @@ import {
   sleep,
 } from './util';
 
-export interface TargetContext {
+export interface TargetContext extends FixtureConfig {
   /** CPU list for taskset (daemons and workloads), or undefined when unpinned. */
   cpus: string | undefined;
-  /** Size of data.bin in bytes. */
-  size: number;
 }
 
 export interface Target {
@@ -35,85 +33,243 @@ export interface Target {
   readonly note: string;
   /** Kernel features the target needs (so the runner can enable FUSE-over-io_uring). */
   readonly needsUring?: boolean;
+  /** Commands the target needs, with the Debian package that has them. */
+  readonly tools?: { command: string; pkg: string }[];
   /** Creates the fixtures the target needs (slow, once), before anything is timed. */
-  prepare(size: number): Promise<void>;
+  prepare(cfg: FixtureConfig): Promise<void>;
   /** Mounts (or prepares) and returns the directory the workloads use. */
   setup(ctx: TargetContext): Promise<string>;
   /** Removes whatever setup() made; must be safe to call after a failed or partial setup. */
   teardown(): Promise<void>;
+  /**
+   * Brings the target back to its state right after setup() (untimed, between two samples), for
+   * suites whose workloads change the fixture: the overlays remount on an empty upper layer, the
+   * native directory is restored. The directory setup() returned stays the same.
+   */
+  reset?(): Promise<void>;
+  /**
+   * The directory behind the one served (the source, or the lower layer), where changes "from
+   * outside" are made; set by setup().
+   */
+  backing?: string;
   /** Daemon-side counters (cumulative since setup), for the raw results and the analysis. */
   snapshot?(): Promise<unknown>;
   /** CPU seconds used so far by the target's daemon, all threads (absent without a daemon). */
   cpuSeconds?(): Promise<number>;
+  /** Process id of the target's daemon. */
+  pid?(): number | undefined;
   /** How the target really ran (e.g. the transport fusekit negotiated), filled in by setup(). */
   info?: Record<string, unknown>;
 }
 
 /** Slug for directory names. */
-function slug(name: string): string {
+export function slug(name: string): string {
   return name
     .replace(/[^A-Za-z0-9]+/g, '-')
     .replace(/^-|-$/g, '')
     .toLowerCase();
 }
 
-async function prepareScratch(dir: string): Promise<void> {
-  // Leftovers of an interrupted run would change what the next run measures.
-  await fsp.rm(path.join(dir, 'work'), { recursive: true, force: true });
-  await fsp.mkdir(path.join(dir, 'work'));
+/** Upper and work directories of an overlay target, emptied before every mount. */
+class Layers {
+  readonly upper: string;
+  readonly work: string;
+  constructor(id: string) {
+    const base = path.join(FIXTURES, 'layers', id);
+    this.upper = path.join(base, 'upper');
+    this.work = path.join(base, 'work');
+  }
+
+  async clear(): Promise<void> {
+    // Kernel overlayfs leaves work/work with mode 000; root removes it all the same.
+    for (const d of [this.upper, this.work]) {
+      await fsp.rm(d, { recursive: true, force: true });
+      await fsp.mkdir(d, { recursive: true });
+    }
+  }
+
+  async remove(): Promise<void> {
+    await fsp.rm(path.dirname(this.upper), { recursive: true, force: true });
+  }
 }
 
-/** The source directory itself: the baseline every ratio is relative to. */
-export function nativeTarget(): Target {
-  const name = 'native';
-  return {
-    name,
-    note: 'the source directory on ext4, no FUSE',
-    async prepare(size) {
-      await ensureSource(slug(name), size);
-    },
-    async setup(ctx) {
-      const src = await ensureSource(slug(name), ctx.size);
-      await prepareScratch(src.dir);
-      return src.dir;
-    },
-    async teardown() {},
-  };
-}
-
-/** A daemon process serving a FUSE mount of a source directory. */
-abstract class DaemonTarget implements Target {
+/** Common part: the fixture copy a target serves, and where it mounts. */
+abstract class FixtureTarget {
   abstract readonly name: string;
-  abstract readonly note: string;
-  needsUring?: boolean;
-  info?: Record<string, unknown>;
-  protected child: ChildProcess | undefined;
-  protected mountpoint = '';
-  protected stderr = '';
+  protected readonly copyName: string | undefined;
 
-  protected abstract command(src: string, mnt: string): [string, string[]];
-  /** Resolves once the mount is usable. */
-  protected abstract waitReady(child: ChildProcess): Promise<void>;
+  constructor(
+    protected readonly fixture: Fixture,
+    copy?: string,
+  ) {
+    this.copyName = copy;
+  }
 
-  async prepare(size: number): Promise<void> {
-    await ensureSource(slug(this.name), size);
+  /** The fixture copy: the target's own unless several targets share one. */
+  protected get copy(): string {
+    return this.copyName ?? slug(this.name);
+  }
+
+  /** Unique per target (shared copies still mount on their own mount point). */
+  protected get id(): string {
+    return `${this.fixture.name}-${slug(this.name)}`;
+  }
+
+  async prepare(cfg: FixtureConfig): Promise<void> {
+    await this.fixture.ensure(this.copy, cfg);
+  }
+
+  protected async mountpointFor(): Promise<string> {
+    const mnt = path.join(FIXTURES, 'mnt', this.id);
+    await fsp.mkdir(mnt, { recursive: true });
+    await forceUnmount(mnt);
+    // Whatever sits in the bare mount point (an interrupted run writing on) would fail the mount.
+    for (const e of await fsp.readdir(mnt))
+      await fsp.rm(path.join(mnt, e), { recursive: true, force: true });
+    return mnt;
+  }
+}
+
+/** The fixture directory itself, no FUSE: the baseline every ratio is relative to. */
+class NativeTarget extends FixtureTarget implements Target {
+  backing?: string;
+  private dir = '';
+  private cfg: FixtureConfig | undefined;
+
+  constructor(
+    readonly name: string,
+    readonly note: string,
+    fixture: Fixture,
+    copy?: string,
+  ) {
+    super(fixture, copy);
   }
 
   async setup(ctx: TargetContext): Promise<string> {
-    const src = await ensureSource(slug(this.name), ctx.size);
-    this.mountpoint = path.join(FIXTURES, 'mnt', slug(this.name));
-    await fsp.mkdir(this.mountpoint, { recursive: true });
+    this.cfg = ctx;
+    this.dir = await this.fixture.ensure(this.copy, ctx);
+    await this.fixture.restore(this.dir, ctx);
+    this.backing = this.dir;
+    return this.dir;
+  }
+
+  async reset(): Promise<void> {
+    if (this.cfg) await this.fixture.restore(this.dir, this.cfg);
+  }
+
+  async teardown(): Promise<void> {}
+}
+
+export function nativeTarget(
+  fixture: Fixture,
+  note = 'the fixture directory on ext4, no FUSE',
+): Target {
+  return new NativeTarget('native', note, fixture);
+}
+
+/** Kernel overlayfs with the fixture copy as its only lower layer. */
+class KernelOverlayTarget extends FixtureTarget implements Target {
+  readonly name = 'kernel overlayfs';
+  backing?: string;
+  info?: Record<string, unknown>;
+  private mountpoint = '';
+  private ctx: TargetContext | undefined;
+  private layers: Layers | undefined;
+
+  constructor(
+    readonly note: string,
+    fixture: Fixture,
+    copy?: string,
+  ) {
+    super(fixture, copy);
+  }
+
+  async setup(ctx: TargetContext): Promise<string> {
+    this.ctx = ctx;
+    const lower = await this.fixture.ensure(this.copy, ctx);
+    this.mountpoint = await this.mountpointFor();
+    this.layers = new Layers(this.id);
+    await this.layers.clear();
+    const { upper, work } = this.layers;
+    await check('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lower},upperdir=${upper},workdir=${work}`,
+      this.mountpoint,
+    ]);
+    this.backing = lower;
+    const line = (await fsp.readFile('/proc/self/mounts', 'utf8'))
+      .split('\n')
+      .find((l) => l.split(' ')[1] === this.mountpoint);
+    this.info = { options: line?.split(' ')[3] };
+    return this.mountpoint;
+  }
+
+  async reset(): Promise<void> {
+    await this.teardown();
+    await this.setup(this.ctx!);
+  }
+
+  async teardown(): Promise<void> {
+    if (!this.mountpoint) return;
     await forceUnmount(this.mountpoint);
-    // Whatever sits in the bare mount point (an interrupted run writing on) would fail the mount.
-    for (const e of await fsp.readdir(this.mountpoint))
-      await fsp.rm(path.join(this.mountpoint, e), { recursive: true, force: true });
-    await prepareScratch(src.dir);
-    const [cmd, args] = pinned(ctx.cpus, ...this.command(src.dir, this.mountpoint));
+    if (!(await isMounted(this.mountpoint))) await this.layers?.remove();
+  }
+}
+
+/** A daemon process serving a FUSE mount of a source directory or an overlay of it. */
+abstract class DaemonTarget extends FixtureTarget implements Target {
+  abstract readonly note: string;
+  needsUring?: boolean;
+  info?: Record<string, unknown>;
+  backing?: string;
+  protected child: ChildProcess | undefined;
+  protected mountpoint = '';
+  protected stderr = '';
+  private ctx: TargetContext | undefined;
+  private layers: Layers | undefined;
+
+  /**
+   * @param overlay the fixture copy is the lower layer of an overlay (upper and work emptied on
+   * every setup) rather than the source of a passthrough mount
+   * @param nofile RLIMIT_NOFILE for the daemon (a descriptor per inode needs more than the
+   * default), or undefined to inherit the bench's
+   */
+  constructor(
+    fixture: Fixture,
+    copy: string | undefined,
+    protected readonly overlay: boolean,
+    private readonly nofile?: number,
+  ) {
+    super(fixture, copy);
+  }
+
+  protected abstract command(src: string, mnt: string, layers?: Layers): [string, string[]];
+  /** Resolves once the mount is usable. */
+  protected abstract waitReady(child: ChildProcess): Promise<void>;
+
+  async setup(ctx: TargetContext): Promise<string> {
+    this.ctx = ctx;
+    const src = await this.fixture.ensure(this.copy, ctx);
+    this.mountpoint = await this.mountpointFor();
+    if (this.overlay) {
+      this.layers = new Layers(this.id);
+      await this.layers.clear();
+    } else {
+      await this.fixture.restore(src, ctx);
+    }
+    this.backing = src;
+    let [cmd, args] = this.command(src, this.mountpoint, this.layers);
+    if (this.nofile)
+      [cmd, args] = ['prlimit', [`--nofile=${this.nofile}:${this.nofile}`, cmd, ...args]];
+    [cmd, args] = pinned(ctx.cpus, cmd, args);
     this.stderr = '';
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.child = child;
-    child
-      .stderr!.setEncoding('utf8')
+    child.stderr
+      .setEncoding('utf8')
       .on('data', (d: string) => (this.stderr = (this.stderr + d).slice(-4000)));
     const exited = new Promise<never>((_, reject) =>
       child.on('exit', (code, sig) =>
@@ -132,6 +288,14 @@ abstract class DaemonTarget implements Target {
     return this.mountpoint;
   }
 
+  async reset(): Promise<void> {
+    // Only overlays: a passthrough source changed behind a mount with long caches would leave
+    // the kernel with stale entries; their workloads clean up through the mount instead.
+    if (!this.overlay) return;
+    await this.teardown();
+    await this.setup(this.ctx!);
+  }
+
   async teardown(): Promise<void> {
     const child = this.child;
     this.child = undefined;
@@ -146,11 +310,18 @@ abstract class DaemonTarget implements Target {
         await gone;
       }
     }
-    if (this.mountpoint) await forceUnmount(this.mountpoint);
+    if (this.mountpoint) {
+      await forceUnmount(this.mountpoint);
+      if (this.layers && !(await isMounted(this.mountpoint))) await this.layers.remove();
+    }
   }
 
   protected stop(child: ChildProcess): void {
     child.kill('SIGTERM');
+  }
+
+  pid(): number | undefined {
+    return this.child?.pid;
   }
 
   async cpuSeconds(): Promise<number> {
@@ -167,21 +338,41 @@ abstract class DaemonTarget implements Target {
     }
     return ns / 1e9;
   }
+
+  /** For daemons that say nothing when ready: polls for the mount, then for a served request. */
+  protected async pollMounted(child: ChildProcess): Promise<void> {
+    child.stdout!.resume();
+    for (;;) {
+      if (await isMounted(this.mountpoint)) {
+        await fsp.readdir(this.mountpoint);
+        this.info = { pid: child.pid };
+        return;
+      }
+      await sleep(20);
+    }
+  }
 }
+
+export type FusekitOptions = Omit<MountOptions, 'source' | 'mountpoint' | 'overlay'>;
 
 /** fusekit, in its own Node process (bench/serve.ts). */
 class FusekitTarget extends DaemonTarget {
   constructor(
     readonly name: string,
     readonly note: string,
-    private readonly options: Omit<MountOptions, 'source' | 'mountpoint'>,
+    fixture: Fixture,
+    private readonly options: FusekitOptions,
+    o: { overlay?: boolean; copy?: string; nofile?: number } = {},
   ) {
-    super();
+    super(fixture, o.copy, o.overlay ?? false, o.nofile);
     this.needsUring = options.transport === 'io_uring';
   }
 
-  protected command(src: string, mnt: string): [string, string[]] {
-    const opts: MountOptions = { source: src, mountpoint: mnt, ...this.options };
+  protected command(src: string, mnt: string, layers?: Layers): [string, string[]] {
+    const opts: MountOptions = layers
+      ? { overlay: { lower: [src], upper: layers.upper, work: layers.work }, mountpoint: mnt }
+      : { source: src, mountpoint: mnt };
+    Object.assign(opts, this.options);
     return [
       process.execPath,
       ['--import=tsx', path.join(__dirname, 'serve.ts'), JSON.stringify(opts)],
@@ -220,16 +411,29 @@ class FusekitTarget extends DaemonTarget {
   }
 }
 
+export function fusekitTarget(
+  name: string,
+  note: string,
+  fixture: Fixture,
+  options: FusekitOptions,
+  o: { overlay?: boolean; copy?: string; nofile?: number } = {},
+): Target {
+  return new FusekitTarget(name, note, fixture, options, o);
+}
+
 export const PASSTHROUGH_HP = path.join(REPO_DIR, 'deps', 'libfuse', 'bin', 'passthrough_hp');
 
 /** libfuse's example passthrough daemon, the peer to beat. */
 class PassthroughHpTarget extends DaemonTarget {
+  readonly tools = [{ command: 'fusermount3', pkg: 'fuse3' }];
+
   constructor(
     readonly name: string,
     readonly note: string,
+    fixture: Fixture,
     private readonly args: string[],
   ) {
-    super();
+    super(fixture, undefined, false);
     this.needsUring = args.includes('io_uring');
   }
 
@@ -237,69 +441,78 @@ class PassthroughHpTarget extends DaemonTarget {
     return [PASSTHROUGH_HP, ['--foreground', ...this.args, src, mnt]];
   }
 
-  protected async waitReady(child: ChildProcess): Promise<void> {
-    // passthrough_hp says nothing when ready: poll for the mount, then for a served request.
-    child.stdout!.resume();
-    for (;;) {
-      if (await isMounted(this.mountpoint)) {
-        await fsp.stat(path.join(this.mountpoint, 'data.bin'));
-        this.info = { pid: child.pid };
-        return;
-      }
-      await sleep(20);
-    }
+  protected waitReady(child: ChildProcess): Promise<void> {
+    // passthrough_hp says nothing when ready.
+    return this.pollMounted(child);
   }
 }
 
-/** Timeouts of passthrough_hp (it caches names, attributes and misses for 86400 s). */
-const HP_TIMEOUTS = { entryTimeout: 86400, attrTimeout: 86400, negativeTimeout: 86400 } as const;
-
-/** Every target the bench knows, in table order; native first (ratios are relative to it). */
-export function allTargets(): Target[] {
-  const fk = (pt: 'on' | 'off', transport: 'dev' | 'io_uring'): Target =>
-    new FusekitTarget(
-      `fusekit pt=${pt} ${transport}`,
-      `passthrough ${pt}, transport ${transport}, 86400 s caches`,
-      {
-        passthrough: pt,
-        transport,
-        ...HP_TIMEOUTS,
-      },
-    );
-  return [
-    nativeTarget(),
-    fk('on', 'dev'),
-    fk('on', 'io_uring'),
-    fk('off', 'dev'),
-    fk('off', 'io_uring'),
-    new FusekitTarget(
-      'fusekit defaults',
-      'no options: passthrough auto, transport auto, 1 s entry/attr caches, no negative cache',
-      {},
-    ),
-    new PassthroughHpTarget(
-      'passthrough_hp',
-      'default: passthrough, /dev/fuse, 86400 s caches',
-      [],
-    ),
-    new PassthroughHpTarget(
-      'passthrough_hp nopt',
-      '--nopassthrough (it then enables the writeback cache)',
-      ['--nopassthrough'],
-    ),
-    new PassthroughHpTarget('passthrough_hp io_uring', '-o io_uring, passthrough', [
-      '-o',
-      'io_uring',
-    ]),
+/** fuse-overlayfs (the Debian package), as podman runs it: defaults, in the foreground. */
+class FuseOverlayfsTarget extends DaemonTarget {
+  readonly name = 'fuse-overlayfs';
+  readonly tools = [
+    { command: 'fuse-overlayfs', pkg: 'fuse-overlayfs' },
+    { command: 'fusermount3', pkg: 'fuse3' },
   ];
+
+  constructor(
+    readonly note: string,
+    fixture: Fixture,
+    nofile?: number,
+  ) {
+    super(fixture, undefined, true, nofile);
+  }
+
+  protected command(src: string, mnt: string, layers?: Layers): [string, string[]] {
+    const { upper, work } = layers!;
+    return [
+      'fuse-overlayfs',
+      ['-f', '-o', `lowerdir=${src},upperdir=${upper},workdir=${work}`, mnt],
+    ];
+  }
+
+  protected waitReady(child: ChildProcess): Promise<void> {
+    return this.pollMounted(child);
+  }
 }
 
-/** Checks the tools the targets need, once, before anything is mounted. */
+export function kernelOverlayTarget(note: string, fixture: Fixture, copy?: string): Target {
+  return new KernelOverlayTarget(note, fixture, copy);
+}
+
+export function fuseOverlayfsTarget(note: string, fixture: Fixture, nofile?: number): Target {
+  return new FuseOverlayfsTarget(note, fixture, nofile);
+}
+
+export function passthroughHpTarget(
+  name: string,
+  note: string,
+  fixture: Fixture,
+  args: string[],
+): Target {
+  return new PassthroughHpTarget(name, note, fixture, args);
+}
+
+/** Timeouts of passthrough_hp (it caches names, attributes and misses for 86400 s). */
+export const HP_TIMEOUTS = {
+  entryTimeout: 86400,
+  attrTimeout: 86400,
+  negativeTimeout: 86400,
+} as const;
+
+/** Checks (and installs with apt-get) what the targets need, once, before anything is mounted. */
 export async function checkTargetTools(targets: Target[]): Promise<void> {
   if (targets.some((t) => t instanceof PassthroughHpTarget) && !(await exists(PASSTHROUGH_HP)))
     throw new Error(`${PASSTHROUGH_HP} is missing: run scripts/build-libfuse.sh`);
-  if (targets.some((t) => t instanceof DaemonTarget)) {
-    if ((await run('sh', ['-c', 'command -v fusermount3'])).code !== 0)
-      await check('apt-get', ['install', '-y', 'fuse3']);
+  const tools = new Map<string, string>();
+  for (const t of targets) for (const { command, pkg } of t.tools ?? []) tools.set(command, pkg);
+  if (targets.some((t) => t instanceof DaemonTarget)) tools.set('fusermount3', 'fuse3');
+  for (const [command, pkg] of tools) {
+    if ((await run('sh', ['-c', `command -v ${command}`])).code !== 0)
+      await check('apt-get', ['install', '-y', pkg]);
+  }
+  if (targets.some((t) => t instanceof KernelOverlayTarget)) {
+    const fs = await fsp.readFile('/proc/filesystems', 'utf8');
+    if (!/\toverlay$/m.test(fs)) await check('modprobe', ['overlay']);
   }
 }

@@ -1,10 +1,11 @@
 // Workloads: real tools run as child processes against a target's directory. A workload may
 // report several metrics (e.g. a cold run and the warm run right after it); each metric says
 // whether higher or lower is better so ratios to native can always read "higher is better".
+import type { SpawnOptions } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
-import { ROOTFS_TAR } from './fixture';
+import { type FixtureConfig, ROOTFS_TAR } from './fixture';
 import { BUILD, check, dropCaches, pinned, type RunResult } from './util';
 
 export interface Metric {
@@ -17,15 +18,20 @@ export interface Metric {
   group: 'data' | 'meta';
   /** Value as stored (bytes/s, ops/s, seconds) to the unit shown. */
   scale: number;
+  /** false: no ratio to the baselines makes sense (latency distributions, memory). */
+  ratio?: false;
 }
 
-export interface WorkloadContext {
+export interface WorkloadContext extends FixtureConfig {
   cpus: string | undefined;
-  size: number;
-  /** Number of files of the metadata workload. */
-  files: number;
+  /** The directory behind the one served (source or lower layer), for changes "from outside". */
+  backing: string | undefined;
   /** CPU seconds the target's daemon has used so far (0 without a daemon). */
   daemonCpu(): Promise<number>;
+  /** The daemon's counters (fusekit: mount.stats()), undefined without. */
+  stats(): Promise<unknown>;
+  /** The daemon's process id, undefined without a daemon. */
+  pid(): number | undefined;
   /** Filled by the workload: metric key -> CPU seconds of the timed part, workload + daemon. */
   cpu: Record<string, number>;
 }
@@ -33,13 +39,20 @@ export interface WorkloadContext {
 export interface Workload {
   name: string;
   metrics: Metric[];
-  /** Runs against dir (holding rootfs/, data.bin, work/) and returns metric key -> value. */
+  /** Runs against dir (holding the suite's fixture) and returns metric key -> value. */
   run(dir: string, ctx: WorkloadContext): Promise<Record<string, number>>;
 }
 
-const MiB = 2 ** 20;
+export const MiB = 2 ** 20;
 
-function exec(ctx: WorkloadContext, cmd: string, args: string[]): Promise<RunResult> {
+/** 10000 -> '10k', for labels. */
+export function count(n: number): string {
+  if (n >= 1e6 && n % 1e5 === 0) return `${n / 1e6}M`;
+  if (n >= 1e3 && n % 100 === 0) return `${n / 1e3}k`;
+  return String(n);
+}
+
+export function exec(ctx: WorkloadContext, cmd: string, args: string[]): Promise<RunResult> {
   const [c, a] = pinned(ctx.cpus, cmd, args);
   return check(c, a);
 }
@@ -48,7 +61,7 @@ function exec(ctx: WorkloadContext, cmd: string, args: string[]): Promise<RunRes
  * Runs the timed part of metric `key`; fn returns the workload process's own CPU seconds, to
  * which the daemon's CPU time over the same span is added.
  */
-async function timed<T extends { cpu: number }>(
+export async function timed<T extends { cpu: number }>(
   ctx: WorkloadContext,
   key: string,
   fn: () => Promise<T>,
@@ -58,6 +71,26 @@ async function timed<T extends { cpu: number }>(
   const d1 = await ctx.daemonCpu();
   ctx.cpu[key] = r.cpu + (d1 - d0);
   return r;
+}
+
+/**
+ * Runs a command (through bench/c/cpuwrap, which reports its CPU time including children) as the
+ * timed part of metric `key`; returns its wall time in seconds.
+ */
+export async function timedCommand(
+  ctx: WorkloadContext,
+  key: string,
+  cmd: string,
+  args: string[],
+  opts: SpawnOptions = {},
+): Promise<{ seconds: number; stdout: string }> {
+  return timed(ctx, key, async () => {
+    const [c, a] = pinned(ctx.cpus, path.join(BUILD, 'cpuwrap'), [cmd, ...args]);
+    const out = await check(c, a, opts);
+    const m = /^@cpu (\d+)$/m.exec(out.stderr);
+    if (!m) throw new Error(`cpuwrap printed no CPU time: ${out.stderr.slice(-300)}`);
+    return { seconds: out.seconds, stdout: out.stdout, cpu: Number(m[1]) / 1e6 };
+  });
 }
 
 interface FioSide {
@@ -103,7 +136,7 @@ async function fio(
   return { ...s, cpu: ((job.usr_cpu + job.sys_cpu) / 100) * (s.runtime / 1000) };
 }
 
-const seqRead: Workload = {
+export const seqRead: Workload = {
   name: 'seqread',
   metrics: [
     {
@@ -138,7 +171,7 @@ const seqRead: Workload = {
   },
 };
 
-const seqWrite: Workload = {
+export const seqWrite: Workload = {
   name: 'seqwrite',
   metrics: [
     {
@@ -173,7 +206,7 @@ const seqWrite: Workload = {
   },
 };
 
-const randRead: Workload = {
+export const randRead: Workload = {
   name: 'randread',
   metrics: [
     {
@@ -203,12 +236,12 @@ const randRead: Workload = {
   },
 };
 
-const metaOps: Workload = {
+export const metaOps = (files: number): Workload => ({
   name: 'meta',
   metrics: [
     {
       key: 'create',
-      label: 'create 10k files',
+      label: `create ${count(files)} files`,
       unit: 'ms',
       kind: 'time',
       group: 'meta',
@@ -216,13 +249,20 @@ const metaOps: Workload = {
     },
     {
       key: 'stat-cold',
-      label: 'stat 10k cold',
+      label: `stat ${count(files)} cold`,
       unit: 'ms',
       kind: 'time',
       group: 'meta',
       scale: 1e3,
     },
-    { key: 'unlink', label: 'unlink 10k', unit: 'ms', kind: 'time', group: 'meta', scale: 1e3 },
+    {
+      key: 'unlink',
+      label: `unlink ${count(files)}`,
+      unit: 'ms',
+      kind: 'time',
+      group: 'meta',
+      scale: 1e3,
+    },
   ],
   async run(dir, ctx) {
     const d = path.join(dir, 'work', 'meta');
@@ -247,9 +287,9 @@ const metaOps: Workload = {
       await fsp.rm(d, { recursive: true, force: true });
     }
   },
-};
+});
 
-const walk: Workload = {
+export const walk: Workload = {
   name: 'walk',
   metrics: [
     {
@@ -284,7 +324,7 @@ const walk: Workload = {
   },
 };
 
-const untar: Workload = {
+export const untar: Workload = {
   name: 'untar',
   metrics: [
     { key: 'untar', label: 'untar rootfs', unit: 'ms', kind: 'time', group: 'meta', scale: 1e3 },
@@ -299,18 +339,7 @@ const untar: Workload = {
       // page cache, so only the extraction is measured.
       await dropCaches();
       await check('cat', [ROOTFS_TAR], { stdio: ['ignore', 'ignore', 'pipe'] });
-      const r = await timed(ctx, 'untar', async () => {
-        const out = await exec(ctx, path.join(BUILD, 'cpuwrap'), [
-          'tar',
-          '-C',
-          d,
-          '-xf',
-          ROOTFS_TAR,
-        ]);
-        const m = /^@cpu (\d+)$/m.exec(out.stderr);
-        if (!m) throw new Error(`cpuwrap printed no CPU time: ${out.stderr.slice(-300)}`);
-        return { seconds: out.seconds, cpu: Number(m[1]) / 1e6 };
-      });
+      const r = await timedCommand(ctx, 'untar', 'tar', ['-C', d, '-xf', ROOTFS_TAR]);
       return { untar: r.seconds };
     } finally {
       await fsp.rm(d, { recursive: true, force: true });
@@ -318,14 +347,15 @@ const untar: Workload = {
   },
 };
 
-export function allWorkloads(): Workload[] {
-  return [seqRead, seqWrite, randRead, metaOps, walk, untar];
+/** The passthrough suite's workloads. */
+export function passthroughWorkloads(cfg: FixtureConfig): Workload[] {
+  return [seqRead, seqWrite, randRead, metaOps(cfg.files), walk, untar];
 }
 
 /** Compiles the C helpers into bench/.build when missing or older than their source. */
 export async function buildHelpers(): Promise<void> {
   await fsp.mkdir(BUILD, { recursive: true });
-  for (const name of ['metaops', 'walk', 'cpuwrap']) {
+  for (const name of ['metaops', 'walk', 'cpuwrap', 'chglat', 'gitstat']) {
     const src = path.join(__dirname, 'c', `${name}.c`);
     const bin = path.join(BUILD, name);
     const [s, b] = await Promise.all([fsp.stat(src), fsp.stat(bin).catch(() => undefined)]);

@@ -1,6 +1,6 @@
 // Metadata workload: one phase per run over N files f0000000.. in DIR — create (empty, then
-// close), stat (fstatat without following) or unlink — printing the phase's wall and CPU time as
-// JSON.
+// close), stat (fstatat without following), chmod (to 0600: on an overlay, a copy-up of each lower
+// file) or unlink — printing the phase's wall and CPU time as JSON.
 // Separate runs let the caller drop caches between phases. Names are relative to DIR's
 // descriptor, so only the per-file operations are measured.
 #define _GNU_SOURCE
@@ -36,7 +36,7 @@ static void die(const char* what, const char* name) {
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: metaops DIR N create|stat|unlink\n");
+    fprintf(stderr, "usage: metaops DIR N create|stat|chmod|unlink\n");
     return 2;
   }
   int n = atoi(argv[2]);
@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
       close(fd);
     } else if (!strcmp(phase, "stat")) {
       if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) die("stat", name);
+    } else if (!strcmp(phase, "chmod")) {
+      if (fchmodat(dfd, name, 0600, 0) != 0) die("chmod", name);
     } else if (!strcmp(phase, "unlink")) {
       if (unlinkat(dfd, name, 0) != 0) die("unlink", name);
     } else {
