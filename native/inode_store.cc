@@ -122,14 +122,18 @@ void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
   ring_.reserve(capacity_);
 }
 
-void InodeStore::give_handle(Inode* in) {
+void InodeStore::give_handle(Inode* in, const ObjHandle* h) {
   if (mount_fd_ < 0 || static_cast<dev_t>(in->key.dev) != handle_dev_ || in->fd < 0) return;
   constexpr unsigned kMax = 128;
   std::unique_ptr<unsigned char[]> buf(new unsigned char[sizeof(struct file_handle) + kMax]);
   auto* fh = reinterpret_cast<struct file_handle*>(buf.get());
-  fh->handle_bytes = kMax;
-  int mount_id;
-  if (name_to_handle_at(in->fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return;  // keeps its fd
+  if (h && h->fh.handle_bytes <= kMax) {
+    memcpy(fh, &h->fh, sizeof(struct file_handle) + h->fh.handle_bytes);
+  } else {
+    fh->handle_bytes = kMax;
+    int mount_id;
+    if (name_to_handle_at(in->fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return;  // keeps its fd
+  }
   in->handle = std::move(buf);
   fds_open_.fetch_add(1, std::memory_order_relaxed);
   cache_insert(in);
@@ -230,6 +234,12 @@ bool InodeStore::handle_of(int dirfd, const char* name, ObjHandle* out) const {
   out->fh.handle_bytes = sizeof out->bytes;
   int mount_id;
   return name_to_handle_at(dirfd, name, &out->fh, &mount_id, *name ? 0 : AT_EMPTY_PATH) == 0;
+}
+
+bool InodeStore::contains(const InodeKey& key) {
+  Shard& s = shard(key);
+  std::lock_guard<std::mutex> g(s.m);
+  return s.map.count(key) != 0;
 }
 
 bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h) {

@@ -147,7 +147,8 @@ class InodeStore {
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
   // Gives a new inode a handle when its filesystem is the handled one (fd stays cached).
-  void give_handle(Inode* in);
+  // h: the handle of in->fd when the caller already has it (saves a name_to_handle_at).
+  void give_handle(Inode* in, const ObjHandle* h = nullptr);
   // A usable descriptor of in's object, pinned until release(); -1 with errno on failure.
   int acquire(Inode* in);
   void release(Inode* in);
@@ -184,6 +185,8 @@ class InodeStore {
   // ref_or_insert(..., h) retire a found inode whose handle differs (it stays valid by node id
   // until the kernel forgets it) and treat the key as unknown.
   bool handle_of(int dirfd, const char* name, ObjHandle* out) const;
+  // Whether the key is known (a hint: another thread may add or drop it right after).
+  bool contains(const InodeKey& key);
   Inode* ref(const InodeKey& key, const ObjHandle* h);
   // Another lookup reference on an inode at hand (found by node id, or already referenced): not
   // by its key, which a retired inode no longer owns.

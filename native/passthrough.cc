@@ -201,10 +201,13 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
   if (!dfd) return dfd.error();
   struct stat st;
   if (fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
-  // File-handle mode: the handle tells whether a known (dev, ino) is still the same object.
+  // File-handle mode: the handle tells whether a known (dev, ino) is still the same object. An
+  // unknown key needs no check (an inode another lookup adds meanwhile is fresh).
   ObjHandle h;
-  const bool known_h = store_.handle_of(dfd.get(), name, &h);
-  Inode* in = store_.ref({static_cast<uint64_t>(st.st_dev), st.st_ino}, known_h ? &h : nullptr);
+  const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+  const bool known_h = store_.handles() && store_.contains(key) &&
+                       store_.handle_of(dfd.get(), name, &h);
+  Inode* in = store_.ref(key, known_h ? &h : nullptr);
   if (!in) {
     int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) return errno;
@@ -241,7 +244,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
     } else {
       if (S_ISDIR(st.st_mode) && session_->watcher())
         session_->watcher()->track_dir(fd, in->key);  // inotify only
-      store_.give_handle(in);                         // from now on the descriptor is only cached
+      store_.give_handle(in, fd_h ? &h : nullptr);    // from now on the descriptor is only cached
     }
   }
   fill_entry(in, st, e);
@@ -281,7 +284,7 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
     if (!created)
       close(fd);
     else
-      store_.give_handle(target);
+      store_.give_handle(target, fd_h ? &h : nullptr);
   }
   if (!target) return ESTALE;
   struct stat st;
@@ -538,7 +541,7 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
       if (name) store_.unref(dir, 1);
       close(pfd);
     } else if (!keep_fd) {
-      store_.give_handle(in);  // an O_TMPFILE has no handle to reopen: it keeps its descriptor
+      store_.give_handle(in, fd_h ? &h : nullptr);  // an O_TMPFILE keeps its descriptor
     }
   }
   fill_entry(in, st, e);
