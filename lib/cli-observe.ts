@@ -51,7 +51,8 @@ export function formatStats(mountpoint: string, s: NativeStats): string {
     `daemon bytes: read ${s.daemonBytes.read}, written ${s.daemonBytes.written}`,
     `inodes ${s.inodes} (~${Math.round(s.inodeMemory / 1024)} KiB), inode fds: ${s.inodeFds.mode} ${s.inodeFds.open}` +
       (s.inodeFds.capacity ? `/${s.inodeFds.capacity}` : ''),
-    `cache: watch ${s.cache.watch}, ${s.cache.invalidations} invalidations; events: ${s.events.recorded} recorded, ${s.events.dropped} dropped`,
+    `cache: watch ${s.cache.watch}, ${s.cache.invalidations} invalidations, ${s.cache.overflows} overflows; ` +
+      `events: ${s.events.recorded} recorded, ${s.events.dropped} dropped`,
     '',
     table(rows),
   ].join('\n');

@@ -18,19 +18,27 @@ function labels(l: Record<string, string>): string {
   return parts.length ? `{${parts.join(',')}}` : '';
 }
 
+// Collects samples by family and writes each family as one group (HELP, TYPE, then all of its
+// samples, of every mount): the exposition formats require it, and the renderer below visits
+// families interleaved (per operation, per mount).
 class Writer {
-  lines: string[] = [];
-  #declared = new Set<string>();
+  #families = new Map<string, { header: string[]; samples: string[] }>();
   constructor(private readonly openMetrics: boolean) {}
   family(name: string, type: 'counter' | 'gauge' | 'histogram', help: string): void {
-    if (this.#declared.has(name)) return;
-    this.#declared.add(name);
+    if (this.#families.has(name)) return;
     // OpenMetrics names counter families without _total.
     const fam = this.openMetrics && type === 'counter' ? name.replace(/_total$/, '') : name;
-    this.lines.push(`# HELP ${fam} ${help}`, `# TYPE ${fam} ${type}`);
+    this.#families.set(name, { header: [`# HELP ${fam} ${help}`, `# TYPE ${fam} ${type}`], samples: [] });
   }
-  sample(name: string, l: Record<string, string>, value: number): void {
-    this.lines.push(`${name}${labels(l)} ${Number.isFinite(value) ? value : 0}`);
+  sample(family: string, name: string, l: Record<string, string>, value: number): void {
+    const f = this.#families.get(family);
+    if (!f) throw new Error(`metrics: sample ${name} of undeclared family ${family}`);
+    f.samples.push(`${name}${labels(l)} ${Number.isFinite(value) ? value : 0}`);
+  }
+  lines(): string[] {
+    const out: string[] = [];
+    for (const f of this.#families.values()) out.push(...f.header, ...f.samples);
+    return out;
   }
 }
 
@@ -43,12 +51,13 @@ export function renderMetrics(
   const w = new Writer(options.openMetrics ?? false);
   const counter = (name: string, help: string, l: Record<string, string>, v: number): void => {
     w.family(name, 'counter', help);
-    w.sample(name, l, v);
+    w.sample(name, name, l, v);
   };
   const gauge = (name: string, help: string, l: Record<string, string>, v: number): void => {
     w.family(name, 'gauge', help);
-    w.sample(name, l, v);
+    w.sample(name, name, l, v);
   };
+  const hist = 'fusekit_request_duration_seconds';
   for (const { mountpoint, stats: s } of all) {
     const m = { mountpoint };
     for (const [op, c] of Object.entries(s.ops)) {
@@ -57,15 +66,15 @@ export function renderMetrics(
       for (const [errno, n] of Object.entries(c.errnos))
         counter('fusekit_request_errors_total', 'Failed requests, by operation and errno.', { ...l, errno }, n);
       // log2 nanosecond buckets become cumulative "le" buckets in seconds.
-      w.family('fusekit_request_duration_seconds', 'histogram', 'Time to serve a request, by operation.');
+      w.family(hist, 'histogram', 'Time to serve a request, by operation.');
       let cum = 0;
       c.latencyLog2Ns.forEach((n, i) => {
         cum += n;
         const le = i === c.latencyLog2Ns.length - 1 ? '+Inf' : String(2 ** (i + 1) / 1e9);
-        w.sample('fusekit_request_duration_seconds_bucket', { ...l, le }, cum);
+        w.sample(hist, `${hist}_bucket`, { ...l, le }, cum);
       });
-      w.sample('fusekit_request_duration_seconds_sum', l, c.totalNs / 1e9);
-      w.sample('fusekit_request_duration_seconds_count', l, c.count);
+      w.sample(hist, `${hist}_sum`, l, c.totalNs / 1e9);
+      w.sample(hist, `${hist}_count`, l, c.count);
     }
     counter('fusekit_transport_requests_total', 'Requests by the transport that carried them.', { ...m, transport: 'io_uring' }, s.requests.ioUring);
     counter('fusekit_transport_requests_total', 'Requests by the transport that carried them.', { ...m, transport: 'dev' }, s.requests.dev);
@@ -79,11 +88,13 @@ export function renderMetrics(
     gauge('fusekit_inodes', 'Inodes the kernel holds references to.', m, s.inodes);
     gauge('fusekit_inode_memory_bytes', 'Estimated daemon memory for those inodes.', m, s.inodeMemory);
     counter('fusekit_cache_invalidations_total', 'Cache invalidations sent to the kernel.', m, s.cache.invalidations);
+    counter('fusekit_cache_watch_overflows_total', 'Watcher queue overflows (each invalidates everything).', m, s.cache.overflows);
     counter('fusekit_events_recorded_total', 'Audit and trace events recorded.', m, s.events.recorded);
     counter('fusekit_events_dropped_total', 'Events dropped because the consumer fell behind.', m, s.events.dropped);
   }
-  if (options.openMetrics) w.lines.push('# EOF');
-  return w.lines.join('\n') + '\n';
+  const lines = w.lines();
+  if (options.openMetrics) lines.push('# EOF');
+  return lines.join('\n') + '\n';
 }
 
 /** Content type to serve the rendering with. */

@@ -70,7 +70,8 @@ export interface NativeStats {
    */
   inodeFds: { mode: 'handles' | 'descriptors'; open: number; capacity: number; reopens: number };
   events: { recorded: number; dropped: number };
-  cache: { watch: 'off' | 'fanotify' | 'inotify'; invalidations: number };
+  /** overflows: watcher queue overflows, each answered by invalidating everything. */
+  cache: { watch: 'off' | 'fanotify' | 'inotify'; invalidations: number; overflows: number };
 }
 
 /** One audit or trace record. */

@@ -352,6 +352,7 @@ Napi::Value MountHandle::Stats(const Napi::CallbackInfo& info) {
   Napi::Object cache = Napi::Object::New(env);
   cache.Set("watch", Napi::String::New(env, session_->watch_mode()));
   cache.Set("invalidations", num(static_cast<double>(st.invalidations.load())));
+  cache.Set("overflows", num(static_cast<double>(st.watch_overflows.load())));
   o.Set("cache", cache);
   return o;
 }

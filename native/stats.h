@@ -86,6 +86,8 @@ struct Stats {
 
   // Cache invalidations sent to the kernel (watch, invalidate()).
   std::atomic<uint64_t> invalidations{0};
+  // Watcher queue overflows: changes were lost, so everything the kernel cached was invalidated.
+  std::atomic<uint64_t> watch_overflows{0};
 
   void record(Op op, int err, uint64_t ns) {
     OpCounters& c = ops[static_cast<size_t>(op)];

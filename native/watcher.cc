@@ -148,6 +148,11 @@ bool Watcher::own(pid_t tid) {
   return own_threads_.count(tid) != 0;
 }
 
+void Watcher::overflowed(Invalidations* inv) {
+  inv->all = true;
+  session_->stats().watch_overflows.fetch_add(1, std::memory_order_relaxed);
+}
+
 bool Watcher::key_of_handle(const void* fsid, const struct file_handle* fh, InodeKey* key) {
   uint64_t id = fsid_of(fsid);
   for (auto& f : filesystems_) {
@@ -179,7 +184,7 @@ void Watcher::read_fanotify(Invalidations* inv) {
     auto* meta = reinterpret_cast<fanotify_event_metadata*>(buf);
     for (; FAN_EVENT_OK(meta, n); meta = FAN_EVENT_NEXT(meta, n)) {
       if (meta->mask & FAN_Q_OVERFLOW) {
-        inv->all = true;
+        overflowed(inv);
         continue;
       }
       if (own(meta->pid)) continue;  // made through the mount: the kernel already knows
@@ -223,7 +228,7 @@ void Watcher::read_inotify(Invalidations* inv) {
       auto* ev = reinterpret_cast<inotify_event*>(p);
       p += sizeof(inotify_event) + ev->len;
       if (ev->mask & IN_Q_OVERFLOW) {
-        inv->all = true;
+        overflowed(inv);
         continue;
       }
       InodeKey key;

@@ -73,6 +73,8 @@ class Watcher {
   void read_fanotify(Invalidations* inv);
   void read_inotify(Invalidations* inv);
   bool own(pid_t tid);
+  // The kernel lost events: forget everything, and count it.
+  void overflowed(Invalidations* inv);
   bool key_of_handle(const void* fsid, const struct file_handle* fh, InodeKey* key);
 
   Session* session_;
