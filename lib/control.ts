@@ -4,13 +4,18 @@
  * while mounted, found from the mount point with a stat):
  *   /run/fusekit/<dev>.sock              when /run is writable (root), else
  *   $XDG_RUNTIME_DIR/fusekit/<dev>.sock, else <tmpdir>/fusekit-<uid>/<dev>.sock
- * The directory is 0700 and the socket 0600: only the mounting user may connect. The protocol is
+ * The directory is 0700 and the socket 0600: only the mounting user may connect. A socket left by a
+ * process that died is replaced by the next mount with that device; a mount removes the socket at
+ * its end only if it is still its own (a new mount may have the device number already). The
+ * protocol is
  * JSON lines: {"cmd":"stats"} | {"cmd":"metrics","openMetrics"?} | {"cmd":"invalidate","path"?} |
- * {"cmd":"trace","sample"?,"ops"?,"errorsOnly"?} (then one event per line until the client hangs
- * up; a client that does not keep up loses events, counted in the final line it never sees, and
- * in the mount's stats). Served by the mounting process's JavaScript: control plane only.
+ * {"cmd":"trace","sample"?,"ops"?,"errorsOnly"?} (then {"ok":true} and one {"event","dropped"} per
+ * line, trace and audit events, until the client hangs up; "dropped" counts the events this
+ * client lost because it did not keep up). Served by the mounting process's JavaScript: control
+ * plane only.
  */
-import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { type Stats, promises as fsp, lstatSync, unlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -28,8 +33,8 @@ export interface Controllable {
   stats(): NativeStats;
   invalidate(path?: string): Promise<number>;
   trace(options: { sample?: number; ops?: string[]; errorsOnly?: boolean } | false): void;
-  on(event: 'trace', fn: (e: FsEvent) => void): unknown;
-  off(event: 'trace', fn: (e: FsEvent) => void): unknown;
+  on(event: 'trace' | 'audit', fn: (e: FsEvent) => void): unknown;
+  off(event: 'trace' | 'audit', fn: (e: FsEvent) => void): unknown;
 }
 
 async function socketDir(): Promise<string> {
@@ -57,9 +62,19 @@ export async function controlSocketPath(mountpoint: string): Promise<string> {
 /** Starts serving a mount's control socket; closed with the mount. */
 export async function serveControl(m: Controllable): Promise<net.Server> {
   const file = await controlSocketPath(m.mountpoint);
-  await fsp.rm(file, { force: true });  // a stale socket of an earlier mount with this device
+  // Bound under a private name, made 0600, then renamed into place: the rename replaces a stale
+  // socket of a process that died, and the socket is never reachable with looser permissions.
+  // libuv unlinks a listening socket's path when it closes, which is then this private name (gone
+  // since the rename), never a socket a later mount with the same device made at `file`.
+  const tmp = path.join(
+    path.dirname(file),
+    `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}`,
+  );
   let tracers = 0;
+  const clients = new Set<net.Socket>();
   const server = net.createServer((sock) => {
+    clients.add(sock);
+    sock.on('close', () => clients.delete(sock));
     let buf = '';
     let onTrace: ((e: FsEvent) => void) | undefined;
     const send = (obj: unknown): void => {
@@ -68,6 +83,7 @@ export async function serveControl(m: Controllable): Promise<net.Server> {
     sock.on('close', () => {
       if (onTrace) {
         m.off('trace', onTrace);
+        m.off('audit', onTrace);
         if (--tracers === 0) m.trace(false);
       }
     });
@@ -105,7 +121,10 @@ export async function serveControl(m: Controllable): Promise<net.Server> {
                   if (sock.writableLength > 1 << 20) dropped++;
                   else send({ event: e, dropped });
                 };
+                // Audit events too: an operation that is audited is reported as an audit event
+                // only, so a trace without them would miss it.
                 m.on('trace', onTrace);
+                m.on('audit', onTrace);
                 tracers++;
                 m.trace({
                   ...(typeof req.sample === 'number' ? { sample: req.sample } : {}),
@@ -127,15 +146,44 @@ export async function serveControl(m: Controllable): Promise<net.Server> {
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(file, () => resolve());
+    server.listen(tmp, () => resolve());
   });
-  await fsp.chmod(file, 0o600);
+  let own: Stats;
+  try {
+    await fsp.chmod(tmp, 0o600);
+    own = await fsp.lstat(tmp);
+    await fsp.rename(tmp, file);
+  } catch (e) {
+    server.close();
+    throw e;
+  }
+  server.address = () => file;
   server.unref();  // a control socket never keeps the process alive
   void m.closed.then(() => {
     server.close();
-    void fsp.rm(file, { force: true });
+    removeIfOwn(file, own);
+    // A client still connected (fusekit trace) would keep this process alive after its mount
+    // ended, and wait forever itself: the end of the mount is the end of the conversation.
+    for (const c of clients) {
+      c.end();
+      setTimeout(() => c.destroy(), 1000).unref(); // one that does not read what is left
+    }
   });
   return server;
+}
+
+// Removes the socket at file if it is still the one this process made: the device number is free
+// once the mount has ended, and a new mount may have put its socket there already. Synchronous
+// on purpose: between the check and the unlink another process could still rename its socket in,
+// and with two asynchronous calls that window is event-loop turns long (seen in tests), not the
+// few microseconds of two system calls in a row.
+function removeIfOwn(file: string, own: Stats): void {
+  try {
+    const st = lstatSync(file);
+    if (st.ino === own.ino && st.dev === own.dev) unlinkSync(file);
+  } catch {
+    // gone already
+  }
 }
 
 /** One request to the control socket of the mount at mountpoint. */
@@ -146,17 +194,35 @@ export async function controlRequest(mountpoint: string, req: Record<string, unk
   return new Promise((resolve, reject) => {
     const sock = net.createConnection(file);
     let buf = '';
+    let connected = false;
     sock.on('error', (e: NodeJS.ErrnoException) =>
-      reject(new FusekitError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'ENOENT' : (e.code ?? 'EIO'),
-        `${mountpoint} is not a fusekit mount with a control socket (${file})`, { path: mountpoint, cause: e })),
+      reject(
+        connected
+          ? FusekitError.from(e, `the control socket of ${mountpoint} failed`, mountpoint)
+          : new FusekitError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'ENOENT' : (e.code ?? 'EIO'),
+              `${mountpoint} is not a fusekit mount with a control socket (${file})`, { path: mountpoint, cause: e }),
+      ),
     );
-    sock.on('connect', () => sock.write(JSON.stringify(req) + '\n'));
+    // The serving process went away before answering: say so rather than wait forever.
+    sock.on('close', () =>
+      reject(new FusekitError('EIO', `the control socket of ${mountpoint} closed without an answer`)),
+    );
+    sock.on('connect', () => {
+      connected = true;
+      sock.write(JSON.stringify(req) + '\n');
+    });
     sock.on('data', (d) => {
       buf += d.toString('utf8');
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       sock.end();
-      const res = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      let res: Record<string, unknown>;
+      try {
+        res = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      } catch {
+        reject(new FusekitError('EIO', `the control socket of ${mountpoint} sent a bad answer`));
+        return;
+      }
       if (res.ok === false) reject(new FusekitError('EIO', String(res.error)));
       else resolve(res);
     });
@@ -176,6 +242,8 @@ export async function controlTrace(
     sock.once('error', (e) => reject(new FusekitError('ENOENT', `${mountpoint} has no control socket (${file})`, { cause: e })));
   });
   sock.write(JSON.stringify({ cmd: 'trace', ...options }) + '\n');
+  // The mount's process may go away (an unmount, a crash): that ends the trace, via 'close'.
+  sock.on('error', () => undefined);
   let buf = '';
   sock.on('data', (d) => {
     buf += d.toString('utf8');
