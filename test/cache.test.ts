@@ -8,9 +8,11 @@ import * as path from 'node:path';
 
 import { type Mount, type MountOptions, type MountStats, mount } from '../lib';
 import { controlRequest } from '../lib/control';
+import { normalizeOptions } from '../lib/options';
 import { tmpdir, unmountInTeardown } from './helpers/fixture';
 import {
   count,
+  errnoCount,
   eventually,
   privateFs,
   same,
@@ -130,6 +132,24 @@ test('watch: true picks fanotify as root; without watch stats say off', async (t
   t.is(m2.stats().cache.invalidations, 0);
 });
 
+test('default timeouts: names and attributes 1 s and no negative entries without a watcher, an hour with one', (t) => {
+  const base = { source: '/s', mountpoint: '/m' };
+  const pick = (o: MountOptions): [number, number, number, string] => {
+    const n = normalizeOptions(o);
+    return [n.entryTimeout, n.attrTimeout, n.negativeTimeout, n.watch];
+  };
+  t.deepEqual(pick(base), [1, 1, 0, 'off']);
+  t.deepEqual(pick({ ...base, watch: false }), [1, 1, 0, 'off']);
+  t.deepEqual(pick({ ...base, watch: true }), [HOUR, HOUR, HOUR, 'auto']);
+  t.deepEqual(pick({ ...base, cache: { watch: 'inotify' } }), [HOUR, HOUR, HOUR, 'inotify']);
+  t.deepEqual(pick({ ...base, cache: { watch: 'fanotify' } }), [HOUR, HOUR, HOUR, 'fanotify']);
+  // cache.watch wins over the shorthand; explicit timeouts win over the defaults.
+  t.deepEqual(pick({ ...base, watch: true, cache: { watch: false } }), [1, 1, 0, 'off']);
+  t.deepEqual(pick({ ...base, watch: true, cache: { attrTimeout: 5 } }), [HOUR, 5, HOUR, 'auto']);
+  t.deepEqual(pick({ ...base, watch: true, entryTimeout: 2 }), [2, HOUR, HOUR, 'auto']);
+  t.deepEqual(pick({ ...base, negativeTimeout: 7 }), [1, 1, 7, 'off']);
+});
+
 // Requests the kernel makes only when something it cached is gone.
 const REFILL_OPS = ['lookup', 'getattr', 'read', 'readdir', 'readdirplus'];
 const refills = (m: Mount): number[] => REFILL_OPS.map((op) => count(m.stats(), op));
@@ -204,6 +224,43 @@ test('without a watcher an hour-long cache stays stale until invalidate(path) / 
     t.true((await m.invalidate()) > 0);
     t.deepEqual(views(d.mnt, ALL), truth);
     return undefined;
+  });
+});
+
+test('default timeouts reach the kernel: cached for an hour with watch: true, expired after 1 s without', async (t) => {
+  const lookups = (m: Mount): [number, number] => {
+    const s = m.stats();
+    return [count(s, 'lookup') + count(s, 'getattr'), errnoCount(s, 'lookup', 'ENOENT')];
+  };
+  const look = (mnt: string): void => {
+    fs.statSync(path.join(mnt, 'f'));
+    t.throws(() => fs.statSync(path.join(mnt, 'missing')), { code: 'ENOENT' });
+  };
+  const plain = await dirs(t);
+  fs.writeFileSync(path.join(plain.src, 'f'), 'f');
+  const mp = await mountIn(t, { source: plain.src, mountpoint: plain.mnt });
+  // No negative entries without a watcher: every look at a missing name asks the daemon.
+  look(plain.mnt);
+  const p0 = lookups(mp);
+  look(plain.mnt);
+  t.is(lookups(mp)[1] - p0[1], 1, 'a missing name is looked up again at once');
+  await sleep(2500); // well past the 1 s timeouts (a loaded machine only makes it longer)
+  const p1 = lookups(mp);
+  look(plain.mnt);
+  const p2 = lookups(mp);
+  t.true(p2[0] - p1[0] > p2[1] - p1[1], 'the existing name was asked for again');
+
+  await withoutInterference(t, async () => {
+    const d = await dirs(t);
+    fs.writeFileSync(path.join(d.src, 'f'), 'f');
+    const m = await mountIn(t, { source: d.src, mountpoint: d.mnt, watch: true });
+    look(d.mnt);
+    look(d.mnt);
+    const r0 = refills(m);
+    await sleep(2500);
+    look(d.mnt);
+    // A name, its attributes and a missing name all still cached: nothing was asked.
+    return refilledSince(m, r0);
   });
 });
 
