@@ -593,3 +593,38 @@ test('CLI: --help; serves until SIGTERM, then unmounts and removes the socket', 
   await e.start();
   t.is((await ok(t, e.socket, '/VolumeDriver.Get', { Name: 'cli' })).Volume.Name, 'cli');
 });
+
+test('after the plugin is killed, its mounts are gone and a new plugin takes over the state', async (t) => {
+  const e = await env(t);
+  const src = await dir(e.root, 'src', { 'f.txt': 'before' });
+  const mp = merged(e, 'crash');
+  const child = spawnChild(
+    t,
+    [...nodeArgv('lib/docker-plugin-cli.ts'), '--socket', e.socket, '--state-dir', e.stateDir],
+    { mountpoints: [mp] },
+  );
+  await waitFor('the plugin socket', () => existsSync(e.socket) || !child.running, 60_000);
+  t.true(child.running, child.stderr);
+  await ok(t, e.socket, '/VolumeDriver.Create', { Name: 'crash', Opts: { source: src } });
+  await ok(t, e.socket, '/VolumeDriver.Mount', { Name: 'crash', ID: 'c' });
+  t.true(isMounted(mp));
+
+  child.kill('SIGKILL');
+  await within('plugin exit', child.exited, 30_000);
+  // fusekit's watchdog detaches the mounts of a killed process.
+  await waitFor('the mount to go', () => !isMounted(mp), 30_000);
+  t.true(existsSync(e.socket), 'a killed plugin leaves its socket');
+  t.true(existsSync(path.join(e.stateDir, 'plugin.lock')), 'and its lock');
+
+  // The stale socket and lock do not stop the next plugin.
+  await e.start();
+  const got = (await ok(t, e.socket, '/VolumeDriver.Get', { Name: 'crash' })).Volume;
+  t.false(got.Status.mounted);
+  await ok(t, e.socket, '/VolumeDriver.Mount', { Name: 'crash', ID: 'c2' });
+  t.is(await fsp.readFile(path.join(mp, 'f.txt'), 'utf8'), 'before');
+  await fsp.writeFile(path.join(mp, 'f.txt'), 'after');
+  t.is(await fsp.readFile(path.join(src, 'f.txt'), 'utf8'), 'after');
+  await ok(t, e.socket, '/VolumeDriver.Unmount', { Name: 'crash', ID: 'c2' });
+  t.false(isMounted(mp));
+  await ok(t, e.socket, '/VolumeDriver.Remove', { Name: 'crash' });
+});
