@@ -27,7 +27,11 @@ function fmtTime(s: number): string {
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join('  ')).join('\n');
+  return rows
+    .map((r) =>
+      r.map((v, c) => (c === 0 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join('  '),
+    )
+    .join('\n');
 }
 
 export function formatStats(mountpoint: string, s: NativeStats): string {
@@ -58,8 +62,12 @@ export function formatStats(mountpoint: string, s: NativeStats): string {
   ].join('\n');
 }
 
-export async function statsCommand(mountpoint: string, format: 'text' | 'json' | 'prometheus'): Promise<string> {
-  if (format === 'prometheus') return String((await controlRequest(mountpoint, { cmd: 'metrics' })).text);
+export async function statsCommand(
+  mountpoint: string,
+  format: 'text' | 'json' | 'prometheus',
+): Promise<string> {
+  if (format === 'prometheus')
+    return String((await controlRequest(mountpoint, { cmd: 'metrics' })).text);
   const r = await controlRequest(mountpoint, { cmd: 'stats' });
   if (format === 'json') return JSON.stringify(r.stats, null, 2) + '\n';
   return formatStats(mountpoint, r.stats as NativeStats) + '\n';
@@ -72,12 +80,19 @@ function delta(a: NativeOpCounters | undefined, b: NativeOpCounters): NativeOpCo
     errors: b.errors - a.errors,
     totalNs: b.totalNs - a.totalNs,
     latencyLog2Ns: b.latencyLog2Ns.map((v, i) => v - (a.latencyLog2Ns[i] ?? 0)),
-    errnos: Object.fromEntries(Object.entries(b.errnos).map(([k, v]) => [k, v - (a.errnos[k] ?? 0)])),
+    errnos: Object.fromEntries(
+      Object.entries(b.errnos).map(([k, v]) => [k, v - (a.errnos[k] ?? 0)]),
+    ),
   };
 }
 
 /** One screen of `fusekit top`: per-operation rates over the last interval. */
-export function formatTop(mountpoint: string, prev: NativeStats, cur: NativeStats, seconds: number): string {
+export function formatTop(
+  mountpoint: string,
+  prev: NativeStats,
+  cur: NativeStats,
+  seconds: number,
+): string {
   const rows = [['op', 'ops/s', 'errors/s', 'avg', 'p99']];
   const ops = Object.entries(cur.ops)
     .map(([op, c]) => [op, delta(prev.ops[op], c)] as const)
@@ -100,7 +115,11 @@ export function formatTop(mountpoint: string, prev: NativeStats, cur: NativeStat
   ].join('\n');
 }
 
-export async function topCommand(mountpoint: string, intervalSeconds: number, iterations: number): Promise<void> {
+export async function topCommand(
+  mountpoint: string,
+  intervalSeconds: number,
+  iterations: number,
+): Promise<void> {
   let prev = (await controlRequest(mountpoint, { cmd: 'stats' })).stats as NativeStats;
   for (let i = 0; iterations === 0 || i < iterations; i++) {
     await new Promise((r) => setTimeout(r, intervalSeconds * 1000));
@@ -114,17 +133,25 @@ export async function topCommand(mountpoint: string, intervalSeconds: number, it
 export function formatEvent(e: FsEvent): string {
   const t = new Date(e.time).toISOString().slice(11, 23);
   const target = e.path2 ? `${e.path} -> ${e.path2}` : e.path;
-  return `${t} ${e.kind === 'audit' ? 'AUDIT ' : ''}${e.op} ${target} uid=${e.uid} gid=${e.gid} pid=${e.pid} ` +
-    `${e.result === 0 ? 'ok' : e.result}${e.denied ? ' (denied by rule)' : ''} ${fmtTime(e.latencyNs / 1e9)}`;
+  return (
+    `${t} ${e.kind === 'audit' ? 'AUDIT ' : ''}${e.op} ${target} uid=${e.uid} gid=${e.gid} pid=${e.pid} ` +
+    `${e.result === 0 ? 'ok' : e.result}${e.denied ? ' (denied by rule)' : ''} ${fmtTime(e.latencyNs / 1e9)}`
+  );
 }
 
 export async function traceCommand(
   mountpoint: string,
-  options: { sample?: number; ops?: string[]; errorsOnly?: boolean; json?: boolean; count?: number },
+  options: {
+    sample?: number;
+    ops?: string[];
+    errorsOnly?: boolean;
+    json?: boolean;
+    count?: number;
+  },
 ): Promise<void> {
   let n = 0;
   const t = await controlTrace(mountpoint, options, (e) => {
-    if (options.count && n >= options.count) return;  // the rest of the last batch
+    if (options.count && n >= options.count) return; // the rest of the last batch
     process.stdout.write((options.json ? JSON.stringify(e) : formatEvent(e)) + '\n');
     if (options.count && ++n >= options.count) t.stop();
   });

@@ -39,7 +39,8 @@ export interface Controllable {
 
 async function socketDir(): Promise<string> {
   const candidates = ['/run/fusekit'];
-  if (process.env.XDG_RUNTIME_DIR) candidates.push(path.join(process.env.XDG_RUNTIME_DIR, 'fusekit'));
+  if (process.env.XDG_RUNTIME_DIR)
+    candidates.push(path.join(process.env.XDG_RUNTIME_DIR, 'fusekit'));
   candidates.push(path.join(os.tmpdir(), `fusekit-${process.getuid?.() ?? 0}`));
   for (const dir of candidates) {
     try {
@@ -105,13 +106,28 @@ export async function serveControl(m: Controllable): Promise<net.Server> {
           try {
             switch (req.cmd) {
               case 'stats':
-                send({ ok: true, mountpoint: m.mountpoint, source: m.source, transport: m.transport, stats: m.stats() });
+                send({
+                  ok: true,
+                  mountpoint: m.mountpoint,
+                  source: m.source,
+                  transport: m.transport,
+                  stats: m.stats(),
+                });
                 break;
               case 'metrics':
-                send({ ok: true, text: renderMetrics({ mountpoint: m.mountpoint, stats: m.stats() }, { openMetrics: req.openMetrics === true }) });
+                send({
+                  ok: true,
+                  text: renderMetrics(
+                    { mountpoint: m.mountpoint, stats: m.stats() },
+                    { openMetrics: req.openMetrics === true },
+                  ),
+                });
                 break;
               case 'invalidate':
-                send({ ok: true, sent: await m.invalidate(typeof req.path === 'string' ? req.path : undefined) });
+                send({
+                  ok: true,
+                  sent: await m.invalidate(typeof req.path === 'string' ? req.path : undefined),
+                });
                 break;
               case 'trace': {
                 if (onTrace) break;
@@ -158,7 +174,7 @@ export async function serveControl(m: Controllable): Promise<net.Server> {
     throw e;
   }
   server.address = () => file;
-  server.unref();  // a control socket never keeps the process alive
+  server.unref(); // a control socket never keeps the process alive
   void m.closed.then(() => {
     server.close();
     removeIfOwn(file, own);
@@ -187,7 +203,10 @@ function removeIfOwn(file: string, own: Stats): void {
 }
 
 /** One request to the control socket of the mount at mountpoint. */
-export async function controlRequest(mountpoint: string, req: Record<string, unknown>): Promise<Record<string, unknown>> {
+export async function controlRequest(
+  mountpoint: string,
+  req: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
   const file = await controlSocketPath(mountpoint).catch((e: unknown) => {
     throw FusekitError.from(e, `${mountpoint} cannot be reached`, mountpoint);
   });
@@ -199,13 +218,18 @@ export async function controlRequest(mountpoint: string, req: Record<string, unk
       reject(
         connected
           ? FusekitError.from(e, `the control socket of ${mountpoint} failed`, mountpoint)
-          : new FusekitError(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'ENOENT' : (e.code ?? 'EIO'),
-              `${mountpoint} is not a fusekit mount with a control socket (${file})`, { path: mountpoint, cause: e }),
+          : new FusekitError(
+              e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'ENOENT' : (e.code ?? 'EIO'),
+              `${mountpoint} is not a fusekit mount with a control socket (${file})`,
+              { path: mountpoint, cause: e },
+            ),
       ),
     );
     // The serving process went away before answering: say so rather than wait forever.
     sock.on('close', () =>
-      reject(new FusekitError('EIO', `the control socket of ${mountpoint} closed without an answer`)),
+      reject(
+        new FusekitError('EIO', `the control socket of ${mountpoint} closed without an answer`),
+      ),
     );
     sock.on('connect', () => {
       connected = true;
@@ -239,7 +263,11 @@ export async function controlTrace(
   const sock = net.createConnection(file);
   await new Promise<void>((resolve, reject) => {
     sock.once('connect', resolve);
-    sock.once('error', (e) => reject(new FusekitError('ENOENT', `${mountpoint} has no control socket (${file})`, { cause: e })));
+    sock.once('error', (e) =>
+      reject(
+        new FusekitError('ENOENT', `${mountpoint} has no control socket (${file})`, { cause: e }),
+      ),
+    );
   });
   sock.write(JSON.stringify({ cmd: 'trace', ...options }) + '\n');
   // The mount's process may go away (an unmount, a crash): that ends the trace, via 'close'.

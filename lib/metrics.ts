@@ -28,7 +28,10 @@ class Writer {
     if (this.#families.has(name)) return;
     // OpenMetrics names counter families without _total.
     const fam = this.openMetrics && type === 'counter' ? name.replace(/_total$/, '') : name;
-    this.#families.set(name, { header: [`# HELP ${fam} ${help}`, `# TYPE ${fam} ${type}`], samples: [] });
+    this.#families.set(name, {
+      header: [`# HELP ${fam} ${help}`, `# TYPE ${fam} ${type}`],
+      samples: [],
+    });
   }
   sample(family: string, name: string, l: Record<string, string>, value: number): void {
     const f = this.#families.get(family);
@@ -64,7 +67,12 @@ export function renderMetrics(
       const l = { ...m, op };
       counter('fusekit_requests_total', 'FUSE requests served, by operation.', l, c.count);
       for (const [errno, n] of Object.entries(c.errnos))
-        counter('fusekit_request_errors_total', 'Failed requests, by operation and errno.', { ...l, errno }, n);
+        counter(
+          'fusekit_request_errors_total',
+          'Failed requests, by operation and errno.',
+          { ...l, errno },
+          n,
+        );
       // log2 nanosecond buckets become cumulative "le" buckets in seconds.
       w.family(hist, 'histogram', 'Time to serve a request, by operation.');
       let cum = 0;
@@ -76,21 +84,91 @@ export function renderMetrics(
       w.sample(hist, `${hist}_sum`, l, c.totalNs / 1e9);
       w.sample(hist, `${hist}_count`, l, c.count);
     }
-    counter('fusekit_transport_requests_total', 'Requests by the transport that carried them.', { ...m, transport: 'io_uring' }, s.requests.ioUring);
-    counter('fusekit_transport_requests_total', 'Requests by the transport that carried them.', { ...m, transport: 'dev' }, s.requests.dev);
-    counter('fusekit_daemon_read_bytes_total', 'Bytes read by the daemon itself (not passthrough).', m, s.daemonBytes.read);
-    counter('fusekit_daemon_written_bytes_total', 'Bytes written by the daemon itself (not passthrough).', m, s.daemonBytes.written);
-    counter('fusekit_passthrough_opens_total', 'Opens answered with a kernel passthrough backing file.', m, s.passthrough.opens);
-    counter('fusekit_passthrough_direct_opens_total', 'Passthrough opens whose I/O the daemon serves.', m, s.passthrough.directOpens);
-    counter('fusekit_cached_opens_total', 'Opens served through the page cache by the daemon.', m, s.passthrough.cachedOpens);
-    counter('fusekit_passthrough_failures_total', 'Backing file registrations the kernel refused.', m, s.passthrough.failures);
-    gauge('fusekit_passthrough_backing_files', 'Backing files registered now.', m, s.passthrough.backingActive);
+    counter(
+      'fusekit_transport_requests_total',
+      'Requests by the transport that carried them.',
+      { ...m, transport: 'io_uring' },
+      s.requests.ioUring,
+    );
+    counter(
+      'fusekit_transport_requests_total',
+      'Requests by the transport that carried them.',
+      { ...m, transport: 'dev' },
+      s.requests.dev,
+    );
+    counter(
+      'fusekit_daemon_read_bytes_total',
+      'Bytes read by the daemon itself (not passthrough).',
+      m,
+      s.daemonBytes.read,
+    );
+    counter(
+      'fusekit_daemon_written_bytes_total',
+      'Bytes written by the daemon itself (not passthrough).',
+      m,
+      s.daemonBytes.written,
+    );
+    counter(
+      'fusekit_passthrough_opens_total',
+      'Opens answered with a kernel passthrough backing file.',
+      m,
+      s.passthrough.opens,
+    );
+    counter(
+      'fusekit_passthrough_direct_opens_total',
+      'Passthrough opens whose I/O the daemon serves.',
+      m,
+      s.passthrough.directOpens,
+    );
+    counter(
+      'fusekit_cached_opens_total',
+      'Opens served through the page cache by the daemon.',
+      m,
+      s.passthrough.cachedOpens,
+    );
+    counter(
+      'fusekit_passthrough_failures_total',
+      'Backing file registrations the kernel refused.',
+      m,
+      s.passthrough.failures,
+    );
+    gauge(
+      'fusekit_passthrough_backing_files',
+      'Backing files registered now.',
+      m,
+      s.passthrough.backingActive,
+    );
     gauge('fusekit_inodes', 'Inodes the kernel holds references to.', m, s.inodes);
-    gauge('fusekit_inode_memory_bytes', 'Estimated daemon memory for those inodes.', m, s.inodeMemory);
-    counter('fusekit_cache_invalidations_total', 'Cache invalidations sent to the kernel.', m, s.cache.invalidations);
-    counter('fusekit_cache_watch_overflows_total', 'Watcher queue overflows (each invalidates everything).', m, s.cache.overflows);
-    counter('fusekit_events_recorded_total', 'Audit and trace events recorded.', m, s.events.recorded);
-    counter('fusekit_events_dropped_total', 'Events dropped because the consumer fell behind.', m, s.events.dropped);
+    gauge(
+      'fusekit_inode_memory_bytes',
+      'Estimated daemon memory for those inodes.',
+      m,
+      s.inodeMemory,
+    );
+    counter(
+      'fusekit_cache_invalidations_total',
+      'Cache invalidations sent to the kernel.',
+      m,
+      s.cache.invalidations,
+    );
+    counter(
+      'fusekit_cache_watch_overflows_total',
+      'Watcher queue overflows (each invalidates everything).',
+      m,
+      s.cache.overflows,
+    );
+    counter(
+      'fusekit_events_recorded_total',
+      'Audit and trace events recorded.',
+      m,
+      s.events.recorded,
+    );
+    counter(
+      'fusekit_events_dropped_total',
+      'Events dropped because the consumer fell behind.',
+      m,
+      s.events.dropped,
+    );
   }
   const lines = w.lines();
   if (options.openMetrics) lines.push('# EOF');

@@ -96,10 +96,20 @@ export interface FsEvent {
 export interface NativeMountHandle {
   unmount(mode?: 'normal' | 'lazy' | 'force'): Promise<void>;
   stats(): NativeStats;
-  info(): { mountpoint: string; transport: 'io_uring' | 'dev'; passthrough: boolean; closed: boolean };
+  info(): {
+    mountpoint: string;
+    transport: 'io_uring' | 'dev';
+    passthrough: boolean;
+    closed: boolean;
+  };
   ref(): void;
   unref(): void;
-  setTrace(config: { enabled: boolean; sample?: number; ops?: string[]; errorsOnly?: boolean }): void;
+  setTrace(config: {
+    enabled: boolean;
+    sample?: number;
+    ops?: string[];
+    errorsOnly?: boolean;
+  }): void;
   invalidate(path?: string): Promise<number>;
 }
 

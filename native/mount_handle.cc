@@ -270,9 +270,10 @@ class InvalidateWorker : public Napi::AsyncWorker {
   void Execute() override { err_ = session_->invalidate(path_, &sent_); }
   void OnOK() override {
     if (err_)
-      deferred_.Reject(make_error(Env(), err_, "invalidating " + (path_.empty() ? "/" : path_) +
-                                                   " failed: " + strerror(err_))
-                           .Value());
+      deferred_.Reject(
+          make_error(Env(), err_,
+                     "invalidating " + (path_.empty() ? "/" : path_) + " failed: " + strerror(err_))
+              .Value());
     else
       deferred_.Resolve(Napi::Number::New(Env(), static_cast<double>(sent_)));
   }
@@ -297,7 +298,9 @@ Napi::Value MountHandle::Invalidate(const Napi::CallbackInfo& info) {
 
 Napi::Value MountHandle::Unmount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string mode = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  std::string mode = info.Length() > 0 && info[0].IsString()
+                         ? info[0].As<Napi::String>().Utf8Value()
+                         : "";
   UnmountMode m = mode == "lazy"    ? UnmountMode::Lazy
                   : mode == "force" ? UnmountMode::Force
                                     : UnmountMode::Normal;

@@ -11,16 +11,15 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
-
 #include "session.h"
 
 namespace fusekit {
 
 namespace {
 
-constexpr uint64_t kFanMask = FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO |
-                              FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_DELETE_SELF |
-                              FAN_MOVE_SELF | FAN_ONDIR;
+constexpr uint64_t kFanMask = FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_MODIFY |
+                              FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_DELETE_SELF | FAN_MOVE_SELF |
+                              FAN_ONDIR;
 constexpr uint32_t kInMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY |
                              IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF |
                              IN_ONLYDIR;
@@ -164,8 +163,7 @@ bool Watcher::key_of_handle(const void* fsid, const struct file_handle* fh, Inod
       *key = {static_cast<uint64_t>(f.dev), ino};
       return true;
     }
-    int fd = open_by_handle_at(f.mount_fd, const_cast<struct file_handle*>(fh),
-                               O_PATH | O_CLOEXEC);
+    int fd = open_by_handle_at(f.mount_fd, const_cast<struct file_handle*>(fh), O_PATH | O_CLOEXEC);
     if (fd < 0) return false;
     struct stat st;
     bool ok = fstat(fd, &st) == 0;
@@ -197,7 +195,8 @@ void Watcher::read_fanotify(Invalidations* inv) {
         auto* hdr = reinterpret_cast<const fanotify_event_info_header*>(p);
         if (hdr->len == 0) break;
         if (hdr->info_type == FAN_EVENT_INFO_TYPE_DFID_NAME ||
-            hdr->info_type == FAN_EVENT_INFO_TYPE_DFID || hdr->info_type == FAN_EVENT_INFO_TYPE_FID) {
+            hdr->info_type == FAN_EVENT_INFO_TYPE_DFID ||
+            hdr->info_type == FAN_EVENT_INFO_TYPE_FID) {
           auto* fid = reinterpret_cast<const fanotify_event_info_fid*>(p);
           auto* fh = reinterpret_cast<const struct file_handle*>(fid->handle);
           bool is_dir = hdr->info_type != FAN_EVENT_INFO_TYPE_FID;

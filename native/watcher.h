@@ -1,10 +1,10 @@
 // Keeps the kernel's caches true when the source (or any overlay layer) changes behind the mount.
 // Changes are watched with fanotify on whole filesystems (one mark per filesystem, file-handle
-// reporting, needs CAP_SYS_ADMIN), or else with inotify on every directory the kernel has looked up.
-// Each change becomes a FUSE invalidation (entry, inode) sent from this thread, never from a request
-// handler (that can deadlock). A queue overflow invalidates everything. Changes made through the
-// mount itself come from the session's request threads; fanotify reports the thread, so they are
-// skipped (the kernel's cache already knows them).
+// reporting, needs CAP_SYS_ADMIN), or else with inotify on every directory the kernel has looked
+// up. Each change becomes a FUSE invalidation (entry, inode) sent from this thread, never from a
+// request handler (that can deadlock). A queue overflow invalidates everything. Changes made
+// through the mount itself come from the session's request threads; fanotify reports the thread, so
+// they are skipped (the kernel's cache already knows them).
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -87,15 +87,15 @@ class Watcher {
   struct Fs {
     uint64_t fsid;  // statfs f_fsid
     dev_t dev;
-    int mount_fd;   // O_RDONLY root, for open_by_handle_at
-    bool ino32;     // its handles of type 1 are FILEID_INO32_GEN: the inode number comes first
+    int mount_fd;  // O_RDONLY root, for open_by_handle_at
+    bool ino32;    // its handles of type 1 are FILEID_INO32_GEN: the inode number comes first
   };
   std::vector<Fs> filesystems_;
 
   std::mutex m_;
   std::unordered_set<pid_t> own_threads_;
-  std::unordered_map<int, InodeKey> wd_keys_;             // inotify watch -> directory
-  std::unordered_set<InodeKey, InodeKeyHash> tracked_;    // directories already watched
+  std::unordered_map<int, InodeKey> wd_keys_;           // inotify watch -> directory
+  std::unordered_set<InodeKey, InodeKeyHash> tracked_;  // directories already watched
 };
 
 }  // namespace fusekit
