@@ -281,22 +281,23 @@ const OV = [
   'uf',
   'udel',
   'unew',
+  'deep',
+  'deepnew',
+  'mix/deep',
 ];
 
 for (const watch of ['fanotify', 'inotify'] as const) {
   for (const passthrough of ['auto', 'off'] as const) {
     test(`overlay, watch ${watch}, passthrough ${passthrough}: lower and upper changes show through`, async (t) => {
       const root = await tmpdir(t, 'fusekit-cache-ov-');
-      const [L, U, W, mnt] = ['lower', 'upper', 'work', 'mnt'].map((n) => path.join(root, n)) as [
-        string,
-        string,
-        string,
-        string,
-      ];
+      const [L, L2, U, W, mnt] = ['lower', 'lower2', 'upper', 'work', 'mnt'].map((n) =>
+        path.join(root, n),
+      ) as [string, string, string, string, string];
       // The lower layer on a filesystem of its own: the watcher follows two filesystems (tmpfs
       // and the upper's disk filesystem, whose file handles it decodes differently).
       privateFs(t, L, '16m');
-      for (const dir of [U, W, mnt, `${L}/ldir`, `${L}/rmd`, `${L}/mix`, `${U}/mix`])
+      // A second, bottom lower layer: every layer is watched, not only the top one.
+      for (const dir of [U, W, mnt, `${L}/ldir`, `${L}/rmd`, `${L}/mix`, `${U}/mix`, `${L2}/mix`])
         fs.mkdirSync(dir, { recursive: true });
       const w = (p: string, data: string): void => fs.writeFileSync(p, data);
       w(`${L}/lf`, 'lower');
@@ -309,8 +310,9 @@ for (const watch of ['fanotify', 'inotify'] as const) {
       w(`${U}/mix/b`, 'b');
       w(`${U}/uf`, 'upper-file');
       w(`${U}/udel`, 'udel');
+      w(`${L2}/deep`, 'deep');
       const m = await mountIn(t, {
-        overlay: { lower: [L], upper: U, work: W },
+        overlay: { lower: [L, L2], upper: U, work: W },
         mountpoint: mnt,
         passthrough,
         cache: longCache(watch),
@@ -335,10 +337,14 @@ for (const watch of ['fanotify', 'inotify'] as const) {
       fs.truncateSync(`${U}/uf`, 5);
       fs.unlinkSync(`${U}/udel`);
       w(`${U}/unew`, 'unew');
+      fs.chmodSync(`${L2}/deep`, 0o600);
+      w(`${L2}/deep`, 'DEEPER');
+      w(`${L2}/deepnew`, 'deepnew');
+      w(`${L2}/mix/deep`, 'deep'); // the merged directory gains a name from its bottom layer
 
       const mode = (p: string): string => (fs.statSync(p).mode & 0o7777).toString(8);
       const expected: Record<string, string> = {
-        '': `dir ${mode(U)} [ldir,lf,mix,mv2,newd,shadow,uf,unew]`,
+        '': `dir ${mode(U)} [deep,deepnew,ldir,lf,mix,mv2,newd,shadow,uf,unew]`,
         lf: view(`${L}/lf`),
         shadow: view(`${U}/shadow`),
         gone: 'ENOENT',
@@ -348,10 +354,13 @@ for (const watch of ['fanotify', 'inotify'] as const) {
         rmd: 'ENOENT',
         newd: view(`${L}/newd`),
         hidden: 'ENOENT',
-        mix: `dir ${mode(`${U}/mix`)} [a,b,c,d]`,
+        mix: `dir ${mode(`${U}/mix`)} [a,b,c,d,deep]`,
         uf: view(`${U}/uf`),
         udel: 'ENOENT',
         unew: view(`${U}/unew`),
+        deep: view(`${L2}/deep`),
+        deepnew: view(`${L2}/deepnew`),
+        'mix/deep': view(`${L2}/mix/deep`),
       };
       for (const n of OV) t.not(expected[n], before[n], `${n} really changed`);
       const seen = await eventually(
