@@ -232,8 +232,71 @@ function cpuTable(
 }
 
 /**
+ * One goal of a suite: every candidate's speed relative to `against` (higher is better; when
+ * `against` names several targets, the fastest of them on each metric) must be at least `min`
+ * (more than `min` with `strict`) on every metric the goal applies to.
+ */
+export interface GoalCheck {
+  title: string;
+  candidates: string[];
+  against: string[];
+  applies: (m: Metric) => boolean;
+  min: number;
+  strict?: boolean;
+}
+
+/**
+ * The verdict of each goal for each candidate: met, missed (with the misses) or not measured
+ * (a target or metric failed or did not run, so the goal cannot be judged).
+ */
+export function checkGoals(
+  summary: Summary,
+  pin: string,
+  ts: string[],
+  metrics: Metric[],
+  checks: GoalCheck[],
+): string[] {
+  const med = summary.medians[pin] ?? {};
+  const out: string[] = [];
+  for (const c of checks) {
+    const cands = c.candidates.filter((t) => ts.includes(t));
+    const against = c.against.filter((t) => ts.includes(t));
+    const ms = metrics.filter((m) => m.ratio !== false && c.applies(m));
+    if (!cands.length || !ms.length) continue;
+    if (!against.length) {
+      out.push(`- ${c.title}: not judged (${c.against.join(', ')} did not run).`);
+      continue;
+    }
+    const verdicts = cands.map((t) => {
+      const misses: string[] = [];
+      const unmeasured: string[] = [];
+      for (const m of ms) {
+        let best: number | undefined;
+        for (const a of against) {
+          const v = med[a]?.[m.key];
+          if (v !== undefined && (best === undefined || (m.kind === 'rate' ? v > best : v < best)))
+            best = v;
+        }
+        const r = ratio(m, med[t]?.[m.key], best);
+        if (r === undefined) unmeasured.push(m.label);
+        else if (c.strict ? !(r > c.min) : !(r >= c.min)) misses.push(`${m.label} ${r.toFixed(2)}`);
+      }
+      const parts: string[] = [];
+      if (misses.length) parts.push(`**missed** (${misses.join('; ')})`);
+      if (unmeasured.length) parts.push(`not measured: ${unmeasured.join(', ')}`);
+      return `${esc(t)}: ${parts.length ? parts.join('; ') : 'met'}`;
+    });
+    out.push(`- ${c.title}: ${verdicts.join(' — ')}.`);
+  }
+  return out.length
+    ? ['Goals (speed relative to the comparison, higher is better):', '', ...out]
+    : [];
+}
+
+/**
  * Passthrough suite: the data path of the passthrough targets should reach 0.95 of native, and
- * every metadata figure of fusekit should be at least as fast as passthrough_hp's best mode.
+ * every metadata figure of fusekit should be at least as fast as passthrough_hp's best mode (a
+ * table of fusekit speed ÷ best passthrough_hp speed, then the verdicts).
  */
 export function passthroughGoals(
   summary: Summary,
@@ -242,33 +305,16 @@ export function passthroughGoals(
   metrics: Metric[],
 ): string[] {
   const med = summary.medians[pin]!;
-  const native = med['native'];
   const fk = ts.filter(isFusekit);
   const hp = ts.filter(isHp);
   const out: string[] = [];
-  const data = metrics.filter((m) => m.group === 'data');
-  const pt = fk.filter((t) => !t.includes('pt=off'));
-  if (native && pt.length) {
-    const misses: string[] = [];
-    for (const t of pt)
-      for (const m of data) {
-        const r = ratio(m, med[t]?.[m.key], native[m.key]);
-        if (r !== undefined && r < 0.95) misses.push(`${t} ${m.label} ${r.toFixed(2)}`);
-      }
-    out.push(
-      misses.length
-        ? `Data path (goal ≥ 0.95 of native, passthrough targets): **missed** — ${misses.join('; ')}.`
-        : `Data path (goal ≥ 0.95 of native, passthrough targets): met.`,
-    );
-  }
   const meta = metrics.filter((m) => m.group === 'meta');
   if (hp.length && fk.length) {
     out.push(
-      '',
       `Metadata vs passthrough_hp's best mode (fusekit speed ÷ best passthrough_hp speed; ≥ 1.00 meets the goal):`,
       '',
     );
-    out.push(`| metric | best passthrough_hp | ${fk.join(' | ')} |`);
+    out.push(`| metric | best passthrough_hp | ${fk.map(esc).join(' | ')} |`);
     out.push(`|---|---|${fk.map(() => '---:').join('|')}|`);
     for (const m of meta) {
       let best: { t: string; v: number } | undefined;
@@ -286,59 +332,64 @@ export function passthroughGoals(
         `| ${m.label} | ${fmtValue(m, best.v)} ${m.unit} (${esc(best.t)}) | ${cells.join(' | ')} |`,
       );
     }
+    out.push('');
   }
+  out.push(
+    ...checkGoals(summary, pin, ts, metrics, [
+      {
+        title: 'data path ≥ 0.95 of native (passthrough targets)',
+        candidates: fk.filter((t) => !t.includes('pt=off')),
+        against: ['native'],
+        applies: (m) => m.group === 'data',
+        min: 0.95,
+      },
+      {
+        title: "metadata ≥ 1.00 of passthrough_hp's best mode",
+        candidates: fk,
+        against: hp,
+        applies: (m) => m.group === 'meta',
+        min: 1,
+      },
+    ]),
+  );
   return out;
 }
 
 /**
- * "Within limit× of reference": a table of slowdown factors (reference speed ÷ target speed, so
- * 1.30 means 30% slower than the reference) of every ratio metric, for the candidates (whose goal
- * rows are checked, misses in bold) and for other targets shown for comparison; then a verdict.
+ * A table of slowdown factors (reference speed ÷ target speed, so 1.30 means 30% slower than the
+ * reference) of every ratio metric, for the given columns; ● marks the rows `mark` selects.
  */
-export function factorGoal(o: {
+export function factorTable(o: {
   summary: Summary;
   pin: string;
   ts: string[];
   metrics: Metric[];
   reference: string;
-  limit: number;
-  candidates: string[];
-  others: string[];
-  /** The metrics the goal is about (the other rows are shown for information). */
-  goal: (m: Metric) => boolean;
+  columns: string[];
+  mark: (m: Metric) => boolean;
+  /** What the ● rows are, for the legend. */
+  marked: string;
   title: string;
 }): string[] {
   const med = o.summary.medians[o.pin]!;
   const ref = med[o.reference];
-  const cand = o.candidates.filter((t) => o.ts.includes(t));
-  const cols = [...cand, ...o.others.filter((t) => o.ts.includes(t) && !cand.includes(t))];
-  if (!ref || !cand.length) return [];
+  const cols = o.columns.filter((t) => o.ts.includes(t) && t !== o.reference);
+  if (!ref || !cols.length) return [];
   const out = [
-    `${o.title}: slowdown vs ${o.reference} (its speed ÷ target speed; ● marks the rows the ` +
-      `goal is about, misses in bold):`,
+    `${o.title}: slowdown vs ${esc(o.reference)} (its speed ÷ target speed; ● marks the ` +
+      `${o.marked} rows):`,
     '',
     `| metric | ${cols.map(esc).join(' | ')} |`,
     `|---|${cols.map(() => '---:').join('|')}|`,
   ];
-  const misses: string[] = [];
   for (const m of o.metrics) {
     if (m.ratio === false || ref[m.key] === undefined) continue;
-    const isGoal = o.goal(m);
     const cells = cols.map((t) => {
       const r = ratio(m, med[t]?.[m.key], ref[m.key]);
-      if (r === undefined) return '—';
-      const f = 1 / r;
-      const miss = isGoal && cand.includes(t) && f > o.limit;
-      if (miss) misses.push(`${t} ${m.label} ${f.toFixed(2)}×`);
-      return miss ? `**${f.toFixed(2)}×**` : `${f.toFixed(2)}×`;
+      return r === undefined ? '—' : `${(1 / r).toFixed(2)}×`;
     });
-    out.push(`| ${isGoal ? '● ' : ''}${m.label} | ${cells.join(' | ')} |`);
+    out.push(`| ${o.mark(m) ? '● ' : ''}${m.label} | ${cells.join(' | ')} |`);
   }
-  out.push(
-    '',
-    misses.length
-      ? `${o.title} (goal ≤ ${o.limit}× of ${o.reference}): **missed** — ${misses.join('; ')}.`
-      : `${o.title} (goal ≤ ${o.limit}× of ${o.reference}): met.`,
-  );
+  out.push('');
   return out;
 }

@@ -4,11 +4,16 @@
 // inode). Targets interleaved; the pinnable suites run once unpinned and once with daemons and
 // workloads on one CPU. See bench/README.md.
 //
-// Environment: BENCH_SUITE (all: passthrough,overlay,cache,memory), BENCH_REPS (3), BENCH_SIZE
-// (1G), BENCH_FILES (10000), BENCH_TREE_FILES (100000), BENCH_CHANGES (200), BENCH_FILTER
-// (comma-separated substrings of target or workload names), BENCH_PIN (both | unpinned |
-// pinned), BENCH_CPU (0), BENCH_QUIET (3: seconds to wait for other load to pass before each
-// sample, at most 60 times that over the run).
+// Options (each also an environment variable; an explicit variable wins over --quick):
+//   --quick            BENCH_QUICK=1: small sizes, one repetition, no quiet wait (a smoke check)
+//   --suite a,b        BENCH_SUITE (all: passthrough,overlay,cache,memory)
+//   --filter x,y       BENCH_FILTER (comma-separated substrings of target or workload names)
+//   --pin MODE         BENCH_PIN (both | unpinned | pinned)
+//   --reps N           BENCH_REPS (3; quick 1)
+// Environment only: BENCH_SIZE (1G; quick 64M), BENCH_FILES (10000; quick 1000),
+// BENCH_TREE_FILES (100000; quick 5000), BENCH_CHANGES (200; quick 40), BENCH_CPU (0),
+// BENCH_QUIET (3; quick 0: seconds to wait for other load to pass before each sample, at most 60
+// times that over the run).
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -52,23 +57,67 @@ interface Plan {
 interface Config extends FixtureConfig {
   reps: number;
   quiet: number;
+  quick: boolean;
   plans: Plan[];
 }
 
-function positiveInt(name: string, def: number): number {
-  const v = Number(process.env[name] ?? def);
+const USAGE = `usage: node --import=tsx bench/run.ts [--quick] [--suite S,...] [--filter F,...]
+                                      [--pin both|unpinned|pinned] [--reps N]
+(see bench/README.md for the environment variables)`;
+
+/** Command-line options, as the environment variables they stand for. */
+function parseArgs(argv: string[]): Record<string, string> {
+  const vars: Record<string, string> = {};
+  const valued: Record<string, string> = {
+    '--suite': 'BENCH_SUITE',
+    '--filter': 'BENCH_FILTER',
+    '--pin': 'BENCH_PIN',
+    '--reps': 'BENCH_REPS',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    const [flag, inline] = eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
+    if (flag === '--quick' && inline === undefined) vars.BENCH_QUICK = '1';
+    else if (flag === '--help' || flag === '-h') {
+      process.stdout.write(USAGE + '\n');
+      process.exit(0);
+    } else if (valued[flag]) {
+      const v = inline ?? argv[++i];
+      if (v === undefined) throw new Error(`${flag} needs a value\n${USAGE}`);
+      vars[valued[flag]] = v;
+    } else throw new Error(`unknown argument '${a}'\n${USAGE}`);
+  }
+  return vars;
+}
+
+/** Sizes of the quick mode: every workload runs, on small fixtures, once. */
+const QUICK: Record<string, string> = {
+  BENCH_REPS: '1',
+  BENCH_SIZE: '64M',
+  BENCH_FILES: '1000',
+  BENCH_TREE_FILES: '5000',
+  BENCH_CHANGES: '40',
+  BENCH_QUIET: '0',
+};
+
+function positiveInt(env: NodeJS.ProcessEnv, name: string, def: number): number {
+  const v = Number(env[name] ?? def);
   if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer`);
   return v;
 }
 
 async function config(): Promise<Config> {
-  const env = process.env;
-  const reps = positiveInt('BENCH_REPS', 3);
+  const args = parseArgs(process.argv.slice(2));
+  const quick = (args.BENCH_QUICK ?? process.env.BENCH_QUICK ?? '') === '1';
+  // Precedence: command line, then the environment, then the quick mode's sizes.
+  const env: NodeJS.ProcessEnv = { ...(quick ? QUICK : {}), ...process.env, ...args };
+  const reps = positiveInt(env, 'BENCH_REPS', 3);
   const size = parseSize(env.BENCH_SIZE ?? '1G');
   if (size < 2 ** 20) throw new Error('BENCH_SIZE must be at least 1M');
-  const files = positiveInt('BENCH_FILES', 10000);
-  const treeFiles = positiveInt('BENCH_TREE_FILES', 100000);
-  const changes = positiveInt('BENCH_CHANGES', 200);
+  const files = positiveInt(env, 'BENCH_FILES', 10000);
+  const treeFiles = positiveInt(env, 'BENCH_TREE_FILES', 100000);
+  const changes = positiveInt(env, 'BENCH_CHANGES', 200);
   if (changes > 10000) throw new Error('BENCH_CHANGES must be at most 10000');
   const quiet = Number(env.BENCH_QUIET ?? 3);
   if (!(quiet >= 0)) throw new Error('BENCH_QUIET must be a number of seconds');
@@ -132,7 +181,7 @@ async function config(): Promise<Config> {
   if (unknown.length)
     throw new Error(`BENCH_FILTER: ${unknown.join(', ')} matches no target or workload`);
   if (!plans.length) throw new Error('nothing to run');
-  return { reps, quiet, plans, ...fx };
+  return { reps, quiet, quick, plans, ...fx };
 }
 
 async function loadavg(): Promise<number> {
@@ -451,6 +500,13 @@ async function main(): Promise<void> {
             '',
           ]
         : []),
+      ...(cfg.quick
+        ? [
+            '**Quick mode (small sizes, one repetition): a check that everything runs; the ' +
+              'figures are not comparable with a full run and the goals below say nothing.**',
+            '',
+          ]
+        : []),
       '"~" marks a spread (max−min over the repetitions) above 20% of the median.',
       '',
       ...cfg.plans.flatMap((p) => [
@@ -471,7 +527,7 @@ async function main(): Promise<void> {
     ].join('\n');
     process.stdout.write(md);
     await fsp.mkdir(RESULTS, { recursive: true });
-    const stamp = env.date!.slice(0, 19).replace(/:/g, '-');
+    const stamp = env.date!.slice(0, 19).replace(/:/g, '-') + (cfg.quick ? '-quick' : '');
     await fsp.writeFile(path.join(RESULTS, `${stamp}.md`), md);
     await fsp.writeFile(
       path.join(RESULTS, `${stamp}.json`),

@@ -2,7 +2,7 @@
 // own workloads, baselines and goals. BENCH_SUITE picks suites; BENCH_FILTER then picks targets
 // and workloads within them (see run.ts).
 import { type FixtureConfig, haveGit, lowerFixture, sourceFixture, treeFixture } from './fixture';
-import { factorGoal, type GoalsFn, passthroughGoals } from './report';
+import { checkGoals, factorTable, type GoalsFn, passthroughGoals } from './report';
 import {
   fuseOverlayfsTarget,
   fusekitTarget,
@@ -22,6 +22,7 @@ import {
   seqWrite,
   untar,
   walk,
+  type Metric,
   type Workload,
 } from './workloads';
 
@@ -157,18 +158,46 @@ const overlay: Suite = {
       copyUp(cfg.size),
     ]),
   goals(summary, pin, ts, metrics) {
-    return factorGoal({
-      summary,
-      pin,
-      ts,
-      metrics,
-      reference: 'kernel overlayfs',
-      limit: 1.5,
-      candidates: ts.filter((t) => t.startsWith('fusekit')),
-      others: ['fuse-overlayfs'],
-      goal: (m) => m.group === 'meta',
-      title: 'Overlay metadata-heavy workloads',
-    });
+    const ko = 'kernel overlayfs';
+    const fk = ts.filter((t) => t.startsWith('fusekit'));
+    const meta = (m: Metric): boolean => m.group === 'meta';
+    return [
+      ...factorTable({
+        summary,
+        pin,
+        ts,
+        metrics,
+        reference: ko,
+        columns: [...fk, 'fuse-overlayfs', 'native'],
+        mark: meta,
+        marked: 'metadata-heavy',
+        title: 'Overlay',
+      }),
+      ...checkGoals(summary, pin, ts, metrics, [
+        {
+          title: 'metadata-heavy within 1.5× of kernel overlayfs (speed ≥ 0.67)',
+          candidates: fk,
+          against: [ko],
+          applies: meta,
+          min: 1 / 1.5,
+        },
+        {
+          title: 'data path ≥ 0.95 of kernel overlayfs',
+          candidates: fk,
+          against: [ko],
+          applies: (m) => m.group === 'data',
+          min: 0.95,
+        },
+        {
+          title: 'ahead of fuse-overlayfs everywhere (speed > 1.00)',
+          candidates: fk,
+          against: ['fuse-overlayfs'],
+          applies: () => true,
+          min: 1,
+          strict: true,
+        },
+      ]),
+    ];
   },
 };
 
@@ -220,18 +249,29 @@ const cache: Suite = {
   },
   goals(summary, pin, ts, metrics) {
     const fk = ts.filter((t) => t.startsWith('fusekit'));
-    return factorGoal({
-      summary,
-      pin,
-      ts,
-      metrics,
-      reference: 'native',
-      limit: 1.1,
-      candidates: fk.filter((t) => t.includes('watch') && !t.includes('nowatch')),
-      others: ts.filter((t) => t !== 'native'),
-      goal: (m) => m.key.endsWith('-warm'),
-      title: 'Warm metadata with the watcher',
-    });
+    const warm = (m: Metric): boolean => m.key.endsWith('-warm');
+    return [
+      ...factorTable({
+        summary,
+        pin,
+        ts,
+        metrics,
+        reference: 'native',
+        columns: [...fk, 'kernel overlayfs'],
+        mark: warm,
+        marked: 'warm metadata',
+        title: 'Cache',
+      }),
+      ...checkGoals(summary, pin, ts, metrics, [
+        {
+          title: 'warm metadata within 1.1× of native with the watcher (speed ≥ 0.91)',
+          candidates: fk.filter((t) => t.includes('watch') && !t.includes('nowatch')),
+          against: ['native'],
+          applies: warm,
+          min: 1 / 1.1,
+        },
+      ]),
+    ];
   },
 };
 

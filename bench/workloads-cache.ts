@@ -85,10 +85,11 @@ function percentile(sorted: number[], q: number): number {
 /**
  * Change visibility: bench/c/chglat.c changes files on the backing directory (mode or size) and
  * stats them through the mount in a tight loop until the change shows; the distribution of those
- * delays over up to `changes` changes (at most CHG_BUDGET seconds, each given CHG_TIMEOUT).
+ * delays over up to `changes` changes (at most chgBudget(changes) seconds, each given CHG_TIMEOUT).
  */
-export const CHG_BUDGET = 30;
 export const CHG_TIMEOUT = 5;
+/** Seconds one sample may spend: 0.15 s a change, at most 30 s (200 changes with no watcher). */
+export const chgBudget = (changes: number): number => Math.min(30, Math.max(3, changes * 0.15));
 export const changeLatency = (changes: number): Workload => {
   const lat = (key: string, label: string): Metric => ms(key, label, { ratio: false });
   return {
@@ -123,7 +124,7 @@ export const changeLatency = (changes: number): Workload => {
         ctx.backing,
         dir,
         String(changes),
-        String(CHG_BUDGET),
+        String(chgBudget(changes)),
         String(CHG_TIMEOUT),
       ]);
       const r = JSON.parse(out.stdout) as { latencies: number[]; unseen: number };
