@@ -98,26 +98,38 @@ function cacheAll(t: ExecutionContext, d: Dirs): Record<string, string> {
 for (const watch of ['fanotify', 'inotify'] as const) {
   for (const passthrough of ['auto', 'off'] as const) {
     test(`watch ${watch}, passthrough ${passthrough}: source changes show through an hour-long cache`, async (t) => {
-      const d = await dirs(t);
-      prepare(d.src);
-      const m = await mountIn(t, {
-        source: d.src,
-        mountpoint: d.mnt,
-        passthrough,
-        cache: longCache(watch),
-      });
-      t.is(m.stats().cache.watch, watch, 'stats report the backend in use');
-      const before = cacheAll(t, d);
-      change(d.src);
-      const truth = views(d.src, ALL);
-      for (const n of CHANGED) t.not(truth[n], before[n], `${n} really changed`);
-      const seen = await eventually(
-        () => views(d.mnt, ALL),
-        (v) => same(v, truth),
-      );
-      t.deepEqual(seen, truth);
-      t.true(m.stats().cache.invalidations > 0, 'invalidations were sent and counted');
-      t.is(m.stats().cache.overflows, 0);
+      // The source is on the machine's shared disk filesystem (its file handles are decoded
+      // differently from tmpfs's), which other processes may flood: an overflow there
+      // invalidates everything and would hide whether each change was turned into its own
+      // invalidation, so such an attempt is repeated.
+      for (let attempt = 1; attempt <= 3; attempt++) {
+        const d = await dirs(t);
+        prepare(d.src);
+        const m = await mountIn(t, {
+          source: d.src,
+          mountpoint: d.mnt,
+          passthrough,
+          cache: longCache(watch),
+        });
+        t.is(m.stats().cache.watch, watch, 'stats report the backend in use');
+        const before = cacheAll(t, d);
+        change(d.src);
+        const truth = views(d.src, ALL);
+        for (const n of CHANGED) t.not(truth[n], before[n], `${n} really changed`);
+        const seen = await eventually(
+          () => views(d.mnt, ALL),
+          (v) => same(v, truth),
+        );
+        t.deepEqual(seen, truth);
+        const s = m.stats();
+        t.true(s.cache.invalidations > 0, 'invalidations were sent and counted');
+        if (s.cache.overflows === 0) return;
+        t.log(
+          `attempt ${attempt}: the watcher's queue overflowed (a flood from elsewhere); retrying`,
+        );
+        await m.unmount();
+      }
+      t.fail('the queue overflowed on every attempt');
     });
   }
 }
