@@ -10,6 +10,8 @@ pkgs=(
   python3
   # tests: fusermount3 (unmount as podman does), setfacl, setfattr, tar, flock, setpriv
   fuse3 acl attr tar util-linux kmod
+  # test/podman-real.test.ts: podman (with crun) running containers on fusekit-overlay
+  podman crun busybox-static
   # npm run lint / npm run format (scripts/check-format.sh)
   clang-format
 )
