@@ -38,3 +38,4 @@ export {
 } from './layers';
 export { controlRequest, controlSocketPath, controlTrace } from './control';
 export { metricsContentType, renderMetrics } from './metrics';
+export { type PluginHandle, type PluginOptions, startPlugin } from './docker-plugin';
