@@ -18,7 +18,7 @@
 namespace fusekit {
 
 struct Event {
-  uint64_t time_ns = 0;     // CLOCK_REALTIME
+  uint64_t time_ns = 0;  // CLOCK_REALTIME
   uint64_t latency_ns = 0;
   uint32_t uid = 0, gid = 0, pid = 0;
   int32_t err = 0;
@@ -32,8 +32,8 @@ enum class AuditMode { Off, Denied, Changes };
 
 struct TraceConfig {
   bool enabled = false;
-  uint32_t sample = 1;         // record one in `sample` matching operations
-  uint64_t ops = ~0ULL;        // bit per Op
+  uint32_t sample = 1;   // record one in `sample` matching operations
+  uint64_t ops = ~0ULL;  // bit per Op
   bool errors_only = false;
 };
 

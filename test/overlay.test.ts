@@ -618,7 +618,6 @@ test('renaming a lower directory writes a redirect and keeps its lower content, 
   t.deepEqual(fs.readdirSync(m(e, 'src')), []);
 });
 
-
 test('a redirect written into a layer cannot reach outside the lower layers (.., symlinks)', async (t) => {
   // A layer's author controls its xattrs (an image unpacked as root keeps trusted.*): redirects
   // that climb out of the lower layer or through a symlink must merge nothing from there.
@@ -629,13 +628,24 @@ test('a redirect written into a layer cannot reach outside the lower layers (..,
   fs.writeFileSync(path.join(outside, 'secret/stolen'), 'outside');
   fs.writeFileSync(path.join(l1, 'real/ok'), 'lower');
   fs.symlinkSync(outside, path.join(l1, 'ln'));
-  const evil = ['/../outside/secret', '../outside/secret', '/real/../../outside/secret', '/ln/secret'];
+  const evil = [
+    '/../outside/secret',
+    '../outside/secret',
+    '/real/../../outside/secret',
+    '/ln/secret',
+  ];
   evil.forEach((_, i) => mkdirs(path.join(e.upper, `d${i}`)));
   mkdirs(path.join(e.upper, 'good'));
   for (const [i, r] of evil.entries())
     await e.s.ok('lsetxattr', path.join(e.upper, `d${i}`), 'trusted.overlay.redirect', hex(r), '0');
   // The control: a redirect inside the layer does merge, so the test can tell the difference.
-  await e.s.ok('lsetxattr', path.join(e.upper, 'good'), 'trusted.overlay.redirect', hex('/real'), '0');
+  await e.s.ok(
+    'lsetxattr',
+    path.join(e.upper, 'good'),
+    'trusted.overlay.redirect',
+    hex('/real'),
+    '0',
+  );
   await mountRw(t, e);
   t.deepEqual(fs.readdirSync(m(e, 'good')), ['ok']);
   for (const [i, r] of evil.entries()) {
