@@ -1,12 +1,13 @@
 // Many processes at once against one mount: lookup vs forget under cache pressure, readdirplus
-// during churn, shared passthrough backing files with concurrent writers, and a forced unmount
-// with requests in flight. Load runs in child processes (test/helpers/child-load.ts) doing plain
+// during churn, shared passthrough backing files with concurrent writers, overlay copy-up racing
+// opens of the same files, and a forced unmount with requests in flight. Load runs in child processes (test/helpers/child-load.ts) doing plain
 // synchronous Node fs calls, so the requests really overlap.
 import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
-import { mountFixture } from './helpers/fixture';
+import { mountFixture, tmpdir } from './helpers/fixture';
+import { fusekitOverlay, mkdirs } from './helpers/overlay-util';
 import {
   type JsonChild,
   isMounted,
@@ -192,6 +193,37 @@ test('passthrough: one shared backing file, many readers, concurrent writers, co
   t.deepEqual(await fsp.readFile(path.join(src, 'big.bin')), data);
   t.deepEqual(await fsp.readFile(file), data);
   await waitFor('every backing file released', () => m.stats().passthrough.backingActive === 0);
+});
+
+test('overlay: copy-up vs open: read, write, held-open read and chmod of lower files from 4 processes', async (t) => {
+  const root = await tmpdir(t);
+  const [lower, upper, work, mnt] = ['lower', 'upper', 'work', 'mnt'].map((d) =>
+    path.join(root, d),
+  );
+  mkdirs(lower!, upper!, work!, mnt!);
+  const files = 48;
+  const size = 64 << 10;
+  const want = (k: number): Buffer => pattern(size, (k + 1) << 24);
+  for (let k = 0; k < files; k++) await fsp.writeFile(path.join(lower!, `f${k}`), want(k));
+  const m = await fusekitOverlay(t, { lower: [lower!], upper, work, mnt: mnt! });
+  const children = [1, 2, 3, 4].map((seed) =>
+    load(t, { mode: 'copyup', dir: mnt, files, size, iterations: 400, seed: seed * 104729 }),
+  );
+  const all = sum(await results(children));
+  t.log(all);
+  assertOutcomes(t, all, {});
+  for (const op of ['read', 'write', 'held', 'chmod'])
+    t.true((all[`${op}:ok`] ?? 0) > 0, `some ${op} succeeded`);
+  for (let k = 0; k < files; k++) {
+    const name = `f${k}`;
+    t.deepEqual(await fsp.readFile(path.join(mnt!, name)), want(k), `${name} through the mount`);
+    t.deepEqual(await fsp.readFile(path.join(lower!, name)), want(k), `${name} in the lower`);
+    const up = await fsp.readFile(path.join(upper!, name)).catch(() => undefined);
+    if (up) t.deepEqual(up, want(k), `${name} in the upper`);
+  }
+  t.true(m.stats().inodes >= 1);
+  // No half-done copy-up left behind in work/work, where copies are made.
+  t.deepEqual(await fsp.readdir(path.join(work!, 'work')), []);
 });
 
 for (const [transport, passthrough] of [

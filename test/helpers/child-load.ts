@@ -115,6 +115,67 @@ const modes: Record<string, () => void> = {
     print({ done: true });
   },
 
+  // Copy-up vs open on an overlay: random files of a lower layer read whole (checked), written
+  // (their own bytes written back at a random offset: a data copy-up), read through a descriptor
+  // opened before a write elsewhere, or chmod-ed (a metadata copy-up), racing other processes
+  // doing the same to the same files. File k holds pattern(size, (k + 1) << 24).
+  copyup() {
+    const dir = spec.dir as string;
+    const files = spec.files as number;
+    const size = spec.size as number;
+    const t = new Tally();
+    const cache = new Map<number, Buffer>();
+    const expected = (k: number): Buffer => {
+      let b = cache.get(k);
+      if (!b) cache.set(k, (b = pattern(size, (k + 1) << 24)));
+      return b;
+    };
+    const bad = (): Error => Object.assign(new Error('data mismatch'), { code: 'BADDATA' });
+    const chunk = 4096;
+    for (let i = 0; i < (spec.iterations as number); i++) {
+      const k = rand(files);
+      const p = path.join(dir, `f${k}`);
+      const want = expected(k);
+      switch (rand(4)) {
+        case 0:
+          t.try('read', () => {
+            if (!readWhole(p).equals(want)) throw bad();
+          });
+          break;
+        case 1:
+          t.try('write', () => {
+            const fd = fs.openSync(p, 'r+');
+            try {
+              const off = rand(size - chunk);
+              if (fs.writeSync(fd, want, off, chunk, off) !== chunk) throw bad();
+            } finally {
+              fs.closeSync(fd);
+            }
+          });
+          break;
+        case 2:
+          t.try('held', () => {
+            const fd = fs.openSync(p, 'r');
+            try {
+              const other = path.join(dir, `f${rand(files)}`);
+              const wfd = fs.openSync(other, 'r+');
+              fs.closeSync(wfd);
+              const buf = Buffer.alloc(chunk);
+              const off = rand(size - chunk);
+              if (fs.readSync(fd, buf, 0, chunk, off) !== chunk) throw bad();
+              if (!buf.equals(want.subarray(off, off + chunk))) throw bad();
+            } finally {
+              fs.closeSync(fd);
+            }
+          });
+          break;
+        default:
+          t.try('chmod', () => fs.chmodSync(p, 0o644));
+      }
+    }
+    print({ done: true, counts: t.counts });
+  },
+
   // Lookup vs forget: random operations on a small set of names.
   hammer() {
     const dir = spec.dir as string;
