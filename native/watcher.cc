@@ -179,18 +179,25 @@ void Watcher::read_fanotify(Invalidations* inv) {
   for (;;) {
     ssize_t n = read(fd_, buf, sizeof buf);
     if (n <= 0) return;
-    auto* meta = reinterpret_cast<fanotify_event_metadata*>(buf);
-    for (; FAN_EVENT_OK(meta, n); meta = FAN_EVENT_NEXT(meta, n)) {
-      if (meta->mask & FAN_Q_OVERFLOW) {
+    // Events are packed at 4-byte boundaries (the kernel pads info records to 4, not 8), so the
+    // metadata of any event after one with a name is usually misaligned for its 64-bit mask:
+    // read it through an aligned copy (FAN_EVENT_OK's checks, on offsets).
+    for (ssize_t off = 0; n - off >= static_cast<ssize_t>(FAN_EVENT_METADATA_LEN);) {
+      fanotify_event_metadata meta;
+      memcpy(&meta, buf + off, sizeof meta);
+      if (meta.event_len < FAN_EVENT_METADATA_LEN || meta.event_len > n - off) break;
+      const char* ev = buf + off;
+      off += meta.event_len;
+      if (meta.mask & FAN_Q_OVERFLOW) {
         overflowed(inv);
         continue;
       }
-      if (own(meta->pid)) continue;  // made through the mount: the kernel already knows
+      if (own(meta.pid)) continue;  // made through the mount: the kernel already knows
       InodeKey dir{}, obj{};
       bool has_dir = false, has_obj = false;
       std::string name;
-      const char* p = reinterpret_cast<const char*>(meta + 1);
-      const char* end = reinterpret_cast<const char*>(meta) + meta->event_len;
+      const char* p = ev + sizeof meta;
+      const char* end = ev + meta.event_len;
       while (p + sizeof(fanotify_event_info_header) <= end) {
         auto* hdr = reinterpret_cast<const fanotify_event_info_header*>(p);
         if (hdr->len == 0) break;
@@ -210,7 +217,7 @@ void Watcher::read_fanotify(Invalidations* inv) {
         p += hdr->len;
       }
       if (name == ".") name.clear();
-      const bool data_only = !(meta->mask & ~(FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ONDIR));
+      const bool data_only = !(meta.mask & ~(FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ONDIR));
       if (has_dir || has_obj)
         client_->changed(has_dir ? &dir : nullptr, name.empty() ? nullptr : name.c_str(),
                          has_obj ? &obj : nullptr, data_only, inv);
