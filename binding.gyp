@@ -19,6 +19,7 @@
         "native/overlay.cc",
         "native/overlay_copyup.cc",
         "native/overlay_dir.cc",
+        "native/overlay_fh.cc",
         "native/overlay_ns.cc",
         "native/overlay_xattr.cc",
         "native/passthrough.cc",

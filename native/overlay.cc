@@ -25,16 +25,16 @@ RealState::~RealState() {
   for (auto& d : lowers) close(d.fd);
 }
 
-OvInode::~OvInode() = default;
-
 OverlayFs::Found::~Found() {
   if (fd >= 0) close(fd);
   for (auto& d : lowers) close(d.fd);
 }
 
 OverlayFs::~OverlayFs() {
-  for (auto& l : layers_)
+  for (auto& l : layers_) {
     if (l.fd >= 0) close(l.fd);
+    if (l.mount_fd >= 0) close(l.mount_fd);
+  }
   if (tmp_fd_ >= 0) close(tmp_fd_);
   if (index_fd_ >= 0) close(index_fd_);
   if (work_fd_ >= 0) close(work_fd_);  // releases the work dir lock
@@ -181,6 +181,8 @@ std::unique_ptr<OverlayFs> OverlayFs::create(const MountConfig& cfg, Error* err)
     sys::remove_contents(fs->tmp_fd_);
   }
 
+  if (!fs->enable_handles(err)) return nullptr;
+
   // The root merges every layer's root.
   auto rs = std::make_shared<RealState>();
   const Layer& top = fs->layers_[0];
@@ -250,6 +252,8 @@ void OverlayFs::release() {
   for (auto& l : layers_) {
     if (l.fd >= 0) close(l.fd);
     l.fd = -1;
+    if (l.mount_fd >= 0) close(l.mount_fd);
+    l.mount_fd = -1;
   }
   for (int* fd : {&tmp_fd_, &index_fd_, &work_fd_}) {
     if (*fd >= 0) close(*fd);
@@ -373,6 +377,7 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
     int fd;
     bool xw;
   };
+  if (dir.fd < 0) return ESTALE;  // file-handle mode: the directory is gone
   std::vector<Src> srcs;
   srcs.reserve(1 + dir.lowers.size());
   srcs.push_back({dir.layer, dir.fd, dir.xwhiteouts});
@@ -516,6 +521,7 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
           auto* n = new OvInode;
           n->type = f.st.st_mode & S_IFMT;
           n->store = &store_;
+          n->cache = fh_cache_.get();
           n->parent = dir;
           n->name = name;
           n->indexed = f.from_index;
@@ -581,6 +587,7 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
 }
 
 int OverlayFs::fill_attr(OvInode* in, const RealState& s, struct stat* st) {
+  if (s.fd < 0) return ESTALE;  // file-handle mode: the object is gone
   if (fstatat(s.fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   st->st_ino = ino_map_->map(static_cast<dev_t>(in->key.dev), in->key.ino);
   cfg_.idmap.to_outside(st);
@@ -702,6 +709,7 @@ int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set, 
 
 int OverlayFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;
   char buf[PATH_MAX + 1];
   ssize_t n = readlinkat(s->fd, "", buf, sizeof buf);
   if (n < 0) return errno;
@@ -721,6 +729,7 @@ int OverlayFs::open(Request&, fuse_ino_t ino, fuse_file_info* fi) {
     if (int err = copy_up(in, !(fi->flags & O_TRUNC))) return err;
   }
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;
   int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
   int fd = -1;
   if (acc == O_WRONLY) fd = sys::reopen(s->fd, (flags & ~O_ACCMODE) | O_RDWR);

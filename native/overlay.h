@@ -37,6 +37,10 @@ struct Layer {
   std::string path;
   int fd = -1;  // O_PATH root (a private detached clone when privileged)
   dev_t dev = 0;
+  // File-handle mode: a descriptor (not O_PATH) for open_by_handle_at, and the mount id
+  // name_to_handle_at reports for objects of this layer's mount.
+  int mount_fd = -1;
+  int mount_id = -1;
   bool upper = false;
   uint8_t uuid[16]{};
   bool has_uuid = false;
@@ -47,10 +51,16 @@ struct RealDir {
   int layer = 0;
   int fd = -1;              // O_PATH, owned by the RealState
   bool xwhiteouts = false;  // trusted.overlay.opaque "x": may hold xattr whiteouts
+  std::string handle;       // file-handle mode: the directory's struct file_handle
 };
 
 // What one merged object is made of. Immutable once published: copy-up and rename publish a new
 // one, and readers keep the old one (and its descriptors) alive for as long as they use it.
+//
+// File-handle mode (OvFdCache): a published state also carries the file handle of every
+// descriptor it holds. While its inode is the only holder (no reader has it), the cache may close
+// its descriptors (they become -1), and OvInode::state() opens them again from the handles before
+// anyone else gets the state: a state anyone but its inode holds always has its descriptors.
 struct RealState {
   RealState() = default;
   RealState(const RealState&) = delete;
@@ -67,22 +77,73 @@ struct RealState {
   bool impure = false;          // upper directory that holds copied-up entries
   std::vector<RealDir> lowers;  // directories merged below the top one, top first
   std::string lower_path;       // where the lower parts live, from the root ("/a/b")
+  // File-handle mode: fd's handle; handled when every descriptor (fd and lowers) has one, so
+  // the cache may close them.
+  std::string handle;
+  bool handled = false;
+  size_t nfds() const { return 1 + lowers.size(); }
+};
+
+class OvInode;
+
+// File-handle mode's descriptor cache: a clock over the inodes whose current state holds open,
+// handled descriptors; at most `capacity` descriptors stay open (apart from states readers hold
+// at that moment, and those without handles). Lock order: the cache's lock, then an inode's
+// state_m; nothing takes the cache's lock while holding a state_m.
+class OvFdCache {
+ public:
+  struct Mount {
+    int fd;  // for open_by_handle_at
+    int mount_id;
+  };
+  OvFdCache(std::vector<Mount> mounts, size_t capacity);
+  size_t capacity() const { return capacity_; }
+  size_t open() const { return open_.load(std::memory_order_relaxed); }
+  uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
+  // Takes the handles of a state not yet published (sets handled when all are taken).
+  void prepare(RealState& s) const;
+  // Opens an evicted state's descriptors again from its handles; false (errno) when an object
+  // is gone (ESTALE) or cannot be opened.
+  bool reopen(RealState& s);
+  void add(int64_t n) { open_.fetch_add(static_cast<size_t>(n), std::memory_order_relaxed); }
+  // in's state holds counted descriptors: keep it in the ring, evicting others over capacity.
+  void insert(OvInode* in);
+  // in is going away.
+  void remove(OvInode* in);
+
+ private:
+  bool take(int layer, int fd, std::string* out) const;
+  int open_handle(int layer, const std::string& h) const;
+  void unlink_at(size_t pos);
+
+  std::vector<Mount> mounts_;  // by layer index
+  size_t capacity_;
+  std::mutex m_;
+  std::vector<OvInode*> ring_;
+  size_t hand_ = 0;
+  std::atomic<size_t> open_{0};
+  std::atomic<uint64_t> reopens_{0};
 };
 
 struct OvInode : Inode {
   ~OvInode() override;
 
-  std::shared_ptr<const RealState> state() const {
-    std::lock_guard<std::mutex> g(state_m);
-    return state_;
+  // The current state, its descriptors open (file-handle mode: reopened when the cache closed
+  // them; an object that is gone gives a state with fd -1, and marks the inode stale).
+  std::shared_ptr<const RealState> state() {
+    std::unique_lock<std::mutex> g(state_m);
+    if (!cache || !state_ || !state_->handled) return state_;
+    referenced = true;
+    if (state_->fd >= 0) return state_;
+    return reopen_state(g);
   }
-  void set_state(std::shared_ptr<const RealState> s) {
-    std::lock_guard<std::mutex> g(state_m);
-    state_ = std::move(s);
-  }
+  // Publishes a new state (file-handle mode: takes its handles first; it must not be shared yet).
+  void set_state(std::shared_ptr<const RealState> s);
 
   mutable std::mutex state_m;
   std::shared_ptr<const RealState> state_;
+  OvFdCache* cache = nullptr;  // file-handle mode (never for the root)
+  size_t cached_fds = 0;       // descriptors of state_ counted in the cache (under state_m)
 
   OvInode* ov_parent() const { return static_cast<OvInode*>(parent); }
 
@@ -95,6 +156,9 @@ struct OvInode : Inode {
   std::atomic<bool> removed{false};    // unlinked while still known to the kernel
   std::atomic<bool> impure{false};     // trusted.overlay.impure set on the upper directory
   std::atomic<bool> stale{false};      // a layer changed under it: the next lookup rebuilds it
+
+ private:
+  std::shared_ptr<const RealState> reopen_state(std::unique_lock<std::mutex>& g);
 };
 
 class OverlayFs : public Filesystem, public WatchClient {
@@ -171,7 +235,10 @@ class OverlayFs : public Filesystem, public WatchClient {
   }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }
-  FdUse fd_use() const override { return {"descriptors", store_.size(), 0, 0}; }
+  FdUse fd_use() const override {
+    if (!fh_cache_) return {"descriptors", store_.size(), 0, 0};
+    return {"handles", fh_cache_->open(), fh_cache_->capacity(), fh_cache_->reopens()};
+  }
 
   // WatchClient: changes made to a layer behind the mount.
   std::vector<int> watch_roots() override;
@@ -233,7 +300,10 @@ class OverlayFs : public Filesystem, public WatchClient {
   MountConfig cfg_;
   Session* session_ = nullptr;
   Stats* stats_ = nullptr;
+  std::unique_ptr<OvFdCache> fh_cache_;  // file-handle mode (outlives the store's inodes)
   InodeStore store_;
+  // Chooses file-handle mode (overlay_fh.cc); false with *err set when 'on' cannot have it.
+  bool enable_handles(Error* err);
   std::unique_ptr<InoMap> ino_map_;
   FileLocks locks_;
   OpenFiles files_;

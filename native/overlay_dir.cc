@@ -44,6 +44,7 @@ int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, bool s
     int fd;
     bool xw;
   };
+  if (dir.fd < 0) return ESTALE;  // file-handle mode: the directory is gone
   std::vector<Src> srcs{{dir.layer, dir.fd, dir.xwhiteouts}};
   if (!dir.opaque)
     for (auto& d : dir.lowers) srcs.push_back({d.layer, d.fd, d.xwhiteouts});

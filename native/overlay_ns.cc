@@ -231,6 +231,7 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
         auto* n = new OvInode;
         n->type = S_IFREG;
         n->store = &store_;
+        n->cache = fh_cache_.get();
         n->parent = dir;
         n->set_state(rs);
         return n;
