@@ -65,6 +65,9 @@ interface Config {
   /** No entry/attribute caching in the kernel: every access looks the name up again, which is
    * where an in-memory state that disagrees with the layers on disk shows. */
   nocache: boolean;
+  /** File-handle mode with this tiny descriptor cache: states are evicted and reopened all the
+   * time, across copy-up, rename and unlink. */
+  maxFds?: number;
 }
 
 async function setup(t: ExecutionContext, c: Config): Promise<Env & { fm: Mount }> {
@@ -77,7 +80,11 @@ async function setup(t: ExecutionContext, c: Config): Promise<Env & { fm: Mount 
   const fm = await fusekitOverlay(
     t,
     { lower, upper: path.join(root, 'fu'), work: path.join(root, 'fw'), mnt: fmnt },
-    { passthrough: c.passthrough, ...(c.nocache ? { entryTimeout: 0, attrTimeout: 0 } : {}) },
+    {
+      passthrough: c.passthrough,
+      ...(c.nocache ? { entryTimeout: 0, attrTimeout: 0 } : {}),
+      ...(c.maxFds ? { fileHandles: 'on' as const, maxFds: c.maxFds } : {}),
+    },
   );
   kernelOverlay(t, {
     lower,
@@ -594,6 +601,13 @@ async function runSequence(t: ExecutionContext, c: Config, count: number): Promi
   const f = await snapshot(env.s, env.fmnt, { dirents: true });
   t.true(k.size > 20);
   compareFinal(t, k, f, lowerBefore, 'live mounts');
+  if (c.maxFds) {
+    const fds = env.fm.stats().inodeFds;
+    t.log(fds);
+    t.is(fds.mode, 'handles');
+    t.true(fds.open <= fds.capacity, 'the descriptor cache stays bounded');
+    t.true(fds.reopens > 0, 'states were evicted and reopened from their handles');
+  }
 
   // What is on disk must say the same as what the live mount said: remount fusekit on its layers.
   await env.fm.unmount();
@@ -646,10 +660,14 @@ const CONFIGS: Config[] = envSeed
       { seed: 20240611, passthrough: 'auto', nocache: false },
       { seed: 777, passthrough: 'off', nocache: false },
       { seed: 31337, passthrough: 'auto', nocache: true },
+      { seed: 4242, passthrough: 'auto', nocache: true, maxFds: 16 },
+      { seed: 9001, passthrough: 'off', nocache: false, maxFds: 16 },
     ];
 
 for (const c of CONFIGS) {
-  const how = `passthrough ${c.passthrough}${c.nocache ? ', no kernel caching' : ''}`;
+  const how =
+    `passthrough ${c.passthrough}${c.nocache ? ', no kernel caching' : ''}` +
+    (c.maxFds ? `, maxFds ${c.maxFds}` : '');
   test.serial(
     `random sequence, seed ${c.seed}, ${envOps} ops (${how}): kernel overlayfs and fusekit agree`,
     async (t) => {
