@@ -556,7 +556,25 @@ int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, Ov
     note_reals(key, *rs);
   } else {
     store_.unref(dir, 1);
+    // File-handle mode: a known inode whose descriptors the cache closed takes the ones this
+    // lookup just opened for the same objects (no reopen from handles).
+    if (in->evicted_as(*rs)) {
+      std::lock_guard<std::mutex> g(in->copy_m);
+      if (in->evicted_as(*rs)) in->set_state(rs);
+    }
     auto cur = in->state();
+    if (cur->fd < 0) {
+      // File-handle mode: its object is gone (deleted behind the mount, its inode number now
+      // another object's): what this lookup found is what the name holds now.
+      std::lock_guard<std::mutex> g(in->copy_m);
+      in->stale = false;
+      in->set_state(rs);
+      in->indexed = f.from_index;
+      in->nlink_diff = f.nlink_diff;
+      in->dir_nlink = -1;
+      note_reals(key, *rs);
+      cur = rs;
+    }
     // Only ever move an inode up the layers: a lookup racing a copy-up may have seen the lower
     // object, and must not undo the copy-up.
     if (rs->layer < cur->layer || (rs->in_upper && !cur->in_upper) ||

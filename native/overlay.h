@@ -137,6 +137,15 @@ struct OvInode : Inode {
     if (state_->fd >= 0) return state_;
     return reopen_state(g);
   }
+  // File-handle mode: whether the cache closed the current state's descriptors and s (not yet
+  // published) is made of the same objects.
+  bool evicted_as(const RealState& s) {
+    if (!cache) return false;
+    std::lock_guard<std::mutex> g(state_m);
+    return state_ && state_->handled && state_->fd < 0 && state_->real == s.real &&
+           state_->layer == s.layer && state_->in_upper == s.in_upper &&
+           state_->lowers.size() == s.lowers.size();
+  }
   // Publishes a new state (file-handle mode: takes its handles first; it must not be shared yet).
   void set_state(std::shared_ptr<const RealState> s);
 

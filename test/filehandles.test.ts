@@ -210,6 +210,149 @@ test.serial('a million files walk through a daemon limited to 4096 descriptors',
   t.true(Number(short.stdout.trim()) < 10 * N_FILES);
 });
 
+test.serial(
+  'overlay: a million files in a lower layer walk through a daemon limited to 4096 descriptors',
+  async (t) => {
+    t.timeout(20 * 60_000);
+    const root = await fsp.mkdtemp(path.join('/var/tmp', 'fusekit-ovfh-'));
+    t.teardown(() => run('rm', ['-rf', root], 10 * 60_000).then(() => undefined));
+    await fsp.chmod(root, 0o755);
+    const lower = path.join(root, 'lower');
+    const [upper, work, mnt] = ['upper', 'work', 'mnt'].map((d) => path.join(root, d)) as [
+      string,
+      string,
+      string,
+    ];
+    const [upper2, work2, mnt2] = ['upper2', 'work2', 'mnt2'].map((d) => path.join(root, d)) as [
+      string,
+      string,
+      string,
+    ];
+    for (const d of [lower, upper, work, mnt, upper2, work2, mnt2]) await fsp.mkdir(d);
+    const made = await run(
+      toolsPath(),
+      ['mktree', lower, String(N_DIRS), String(N_FILES)],
+      10 * 60_000,
+    );
+    t.is(made.code, 0, made.stderr);
+    const samples: string[] = [];
+    for (let i = 0; i < 200; i++) {
+      const rel = `d${String((i * 7919) % N_DIRS).padStart(4, '0')}/f${String((i * 104729) % N_FILES).padStart(4, '0')}`;
+      if (samples.includes(rel)) continue;
+      samples.push(rel);
+      const p = path.join(lower, rel);
+      fs.writeFileSync(p, `lower sample ${rel} ${'y'.repeat(i)}`);
+      fs.chownSync(p, 1000 + i, 2000 + i);
+      fs.chmodSync(p, 0o600 + (i % 0o100));
+    }
+
+    const child = new MountChild(t, 4096, {
+      overlay: { lower: [lower], upper, work },
+      mountpoint: mnt,
+    });
+    const ok = await child.next(() => true);
+    t.true(ok.ok, JSON.stringify(ok));
+    t.is(ok.nofile, '4096/4096', 'the daemon runs with the limit');
+    const before = await child.stats();
+    t.is(before.inodeFds.mode, 'handles', 'every layer is on a filesystem with file handles');
+    t.is(before.inodeFds.capacity, 1024, 'default: a quarter of RLIMIT_NOFILE');
+
+    const walking = run('sh', ['-c', `find ${mnt} -type f -size -100000k | wc -l`], 15 * 60_000);
+    let done = false;
+    void walking.finally(() => (done = true));
+    let maxInodes = 0;
+    let maxOpen = 0;
+    while (!done) {
+      const s = await child.stats();
+      maxInodes = Math.max(maxInodes, s.inodes);
+      maxOpen = Math.max(maxOpen, s.inodeFds.open);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const walk = await walking;
+    t.is(walk.code, 0, walk.stderr);
+    t.is(walk.stdout.trim(), String(N_DIRS * N_FILES));
+    t.is(walk.stderr, '', 'no errors on the way');
+
+    // Every sample, read through the overlay, is its lower file (attributes and bytes).
+    const attrs = (st: fs.Stats): number[] => [st.mode, st.uid, st.gid, st.size, st.mtimeMs];
+    for (const rel of samples) {
+      const a = fs.lstatSync(path.join(mnt, rel));
+      const b = fs.lstatSync(path.join(lower, rel));
+      t.deepEqual(attrs(a), attrs(b), rel);
+      t.deepEqual(
+        fs.readFileSync(path.join(mnt, rel)),
+        fs.readFileSync(path.join(lower, rel)),
+        rel,
+      );
+    }
+    const after = await child.stats();
+    t.log({ maxInodes, maxOpen, inodes: after.inodes, inodeFds: after.inodeFds });
+    t.is(after.inodeFds.mode, 'handles');
+    t.true(after.inodeFds.open <= after.inodeFds.capacity, 'the cache stays bounded');
+    // While walking, states in use by a request cannot be closed: a few over, never growing with
+    // the tree.
+    t.true(maxOpen <= after.inodeFds.capacity + 64, 'also while walking');
+    t.true(maxInodes > after.inodeFds.capacity * 10, 'far more inodes known than descriptors held');
+    t.true(after.inodeFds.reopens > 0, 'evicted descriptors were reopened from their handles');
+    const pid = ok.pid as number;
+    t.true(fs.readdirSync(`/proc/${pid}/fd`).length <= 4096);
+
+    // Copy-up of lower files whose descriptors the walk evicted long ago, then rename the copies
+    // (their handles follow them) and read them back after more evictions.
+    const changed = samples.slice(0, 20);
+    const lowerBefore = changed.map((rel) => fs.readFileSync(path.join(lower, rel)));
+    for (const rel of changed) fs.appendFileSync(path.join(mnt, rel), ' appended');
+    for (const [i, rel] of changed.entries()) {
+      const want = Buffer.concat([lowerBefore[i]!, Buffer.from(' appended')]);
+      t.deepEqual(fs.readFileSync(path.join(mnt, rel)), want, rel);
+      t.deepEqual(fs.readFileSync(path.join(upper, rel)), want, `${rel} in the upper layer`);
+      t.deepEqual(
+        fs.readFileSync(path.join(lower, rel)),
+        lowerBefore[i],
+        `${rel}: lower unchanged`,
+      );
+      const a = fs.lstatSync(path.join(mnt, rel));
+      const b = fs.lstatSync(path.join(lower, rel));
+      t.deepEqual([a.mode, a.uid, a.gid], [b.mode, b.uid, b.gid], `${rel}: copied-up attributes`);
+      fs.renameSync(path.join(mnt, rel), path.join(mnt, `${rel}.moved`));
+    }
+    // Evict everything again: walk two thousand other files.
+    const rewalk = await run(
+      'sh',
+      ['-c', `find ${mnt}/d0998 ${mnt}/d0999 -type f -size -100000k | wc -l`],
+      5 * 60_000,
+    );
+    t.is(rewalk.stdout.trim(), String(2 * N_FILES), rewalk.stderr);
+    for (const [i, rel] of changed.entries()) {
+      const want = Buffer.concat([lowerBefore[i]!, Buffer.from(' appended')]);
+      t.deepEqual(fs.readFileSync(path.join(mnt, `${rel}.moved`)), want, `${rel}.moved`);
+      t.false(fs.existsSync(path.join(mnt, rel)), `${rel} is gone (whiteout)`);
+    }
+    const end = await child.stats();
+    t.true(end.inodeFds.open <= end.inodeFds.capacity);
+
+    // The control: the same limit in descriptor mode runs out long before.
+    const off = new MountChild(t, 4096, {
+      overlay: { lower: [lower], upper: upper2, work: work2 },
+      mountpoint: mnt2,
+      fileHandles: 'off',
+    });
+    const ok2 = await off.next(() => true);
+    t.true(ok2.ok, JSON.stringify(ok2));
+    t.is((await off.stats()).inodeFds.mode, 'descriptors');
+    const dirs = Array.from({ length: 10 }, (_, i) =>
+      path.join(mnt2, `d${String(i).padStart(4, '0')}`),
+    );
+    const short = await run(
+      'sh',
+      ['-c', `find ${dirs.join(' ')} -type f -size -100000k | wc -l`],
+      5 * 60_000,
+    );
+    t.regex(short.stderr, /Too many open files/);
+    t.true(Number(short.stdout.trim()) < 10 * N_FILES);
+  },
+);
+
 test("fileHandles 'off' keeps one descriptor per inode and says so", async (t) => {
   const f = await mountFixture(t, { fileHandles: 'off' }, async (src) => {
     for (let i = 0; i < 50; i++) fs.writeFileSync(path.join(src, `f${i}`), String(i));
