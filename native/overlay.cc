@@ -492,6 +492,7 @@ OvInode* OverlayFs::find_inode(const InodeKey& key) {
 
 int OverlayFs::do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, OvInode** out) {
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   Found f;
   if (int err = resolve(*ds, name, &f)) return err;
   if (!f.exists) return ENOENT;
@@ -675,6 +676,7 @@ int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set, 
   bool data = !((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size == 0);
   if (int err = copy_up(in, data)) return err;
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   // A handle opened before the copy-up still refers to the lower file: act on the upper one.
   int hfd = (h && h->kind != FileHandle::Passthrough) ? h->fd : -1;
   if (hfd >= 0) {
@@ -727,6 +729,7 @@ int OverlayFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_set, 
 
 int OverlayFs::readlink(Request&, fuse_ino_t ino, std::string* target) {
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   if (s->fd < 0) return ESTALE;
   char buf[PATH_MAX + 1];
   ssize_t n = readlinkat(s->fd, "", buf, sizeof buf);
@@ -747,6 +750,7 @@ int OverlayFs::open(Request&, fuse_ino_t ino, fuse_file_info* fi) {
     if (int err = copy_up(in, !(fi->flags & O_TRUNC))) return err;
   }
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   if (s->fd < 0) return ESTALE;
   int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
   int fd = -1;
@@ -779,6 +783,7 @@ int OverlayFs::read(Request&, fuse_ino_t ino, size_t size, off_t off, fuse_file_
   struct stat st;
   if (fstat(h->fd, &st) != 0) return errno;
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   if (s->in_upper && !(InodeKey{static_cast<uint64_t>(st.st_dev), st.st_ino} == s->real)) {
     // Opened before a copy-up, the handle still holds the lower file. Read the current object, as
     // kernel overlayfs does: lower data would land in the page cache every open of the inode
@@ -858,15 +863,20 @@ int OverlayFs::setxattr(Request&, fuse_ino_t ino, const char* name, const char* 
   if (IdMap::is_acl_xattr(name) && !cfg_.idmap.identity()) {
     std::string v(value, size);
     if (!cfg_.idmap.map_acl(v.data(), v.size(), false)) return EINVAL;
-    return sys::setxattr_fd(in->state()->fd, name, v.data(), size, flags) == 0 ? 0 : errno;
+    auto s = in->state();
+    if (s->fd < 0) return ESTALE;  // file-handle mode: gone
+    return sys::setxattr_fd(s->fd, name, v.data(), size, flags) == 0 ? 0 : errno;
   }
-  return sys::setxattr_fd(in->state()->fd, name, value, size, flags) == 0 ? 0 : errno;
+  auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
+  return sys::setxattr_fd(s->fd, name, value, size, flags) == 0 ? 0 : errno;
 }
 
 int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size, std::string* value,
                         size_t* len) {
   if (is_overlay_xattr(name)) return ENODATA;
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   value->resize(size);
   ssize_t n = sys::getxattr_fd(s->fd, name, size ? value->data() : nullptr, size);
   if (n < 0) return errno;
@@ -877,6 +887,7 @@ int OverlayFs::getxattr(Request&, fuse_ino_t ino, const char* name, size_t size,
 
 int OverlayFs::listxattr(Request&, fuse_ino_t ino, size_t size, std::string* list, size_t* len) {
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   std::string all;
   if (int err = list_xattrs(s->fd, &all)) return err;
   std::string visible;
@@ -899,13 +910,16 @@ int OverlayFs::removexattr(Request&, fuse_ino_t ino, const char* name) {
   if (!has_upper_) return EROFS;
   OvInode* in = inode(ino);
   if (int err = copy_up(in)) return err;
-  return sys::removexattr_fd(in->state()->fd, name) == 0 ? 0 : errno;
+  auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
+  return sys::removexattr_fd(s->fd, name) == 0 ? 0 : errno;
 }
 
 int OverlayFs::access(Request& r, fuse_ino_t ino, int mask) {
   struct stat st;
-  if (fstatat(inode(ino)->state()->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
-    return errno;
+  auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
+  if (fstatat(s->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;
   if (mask == F_OK) return 0;
   if ((mask & W_OK) && !has_upper_) return EROFS;
   if (r.uid == 0) return (mask & X_OK) && !S_ISDIR(st.st_mode) && !(st.st_mode & 0111) ? EACCES : 0;
@@ -962,6 +976,7 @@ int OverlayFs::statx(Request&, fuse_ino_t ino, int flags, int mask, fuse_file_in
                      struct statx* out, double* timeout) {
   OvInode* in = inode(ino);
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   if (::statx(s->fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | (flags & AT_STATX_SYNC_TYPE),
               static_cast<unsigned>(mask), out) != 0)
     return errno;

@@ -226,7 +226,9 @@ int OverlayFs::copy_up(OvInode* in, bool data) {
 
 int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& name, bool data) {
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   auto ps = parent->state();
+  if (ps->fd < 0) return ESTALE;  // file-handle mode: gone
   const int pdir = ps->fd;
   struct stat st, pst;
   if (fstatat(s->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return errno;

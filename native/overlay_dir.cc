@@ -131,6 +131,7 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
   if (off == 0 && (h->entries.empty() || h->served)) {
     // (Re)build: on the first read, and on a rewind, as POSIX rewinddir() asks.
     auto s = dir->state();
+    if (s->fd < 0) return ESTALE;  // file-handle mode: gone
     std::vector<Entry> entries;
     struct stat st;
     if (int err = fill_attr(dir, *s, &st)) return err;
@@ -192,6 +193,7 @@ int OverlayFs::releasedir(Request&, fuse_ino_t, fuse_file_info* fi) {
 
 int OverlayFs::fsyncdir(Request&, fuse_ino_t ino, int datasync, fuse_file_info*) {
   auto s = inode(ino)->state();
+  if (s->fd < 0) return ESTALE;                               // file-handle mode: gone
   if (!s->in_upper || cfg_.overlay.volatile_upper) return 0;  // nothing to make durable
   int fd = openat(s->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno;

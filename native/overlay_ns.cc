@@ -76,6 +76,7 @@ int OverlayFs::create_object(
   if (oci_reserved(cfg_.overlay, name)) return EINVAL;
   if (int err = copy_up(dir)) return err;
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   uint32_t uid, gid;
   if (!cfg_.idmap.creator(r.uid, r.gid, &uid, &gid)) return EOVERFLOW;
   int r1;
@@ -181,6 +182,7 @@ int OverlayFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mo
     if (err == EEXIST && !(fi->flags & O_EXCL)) {
       // An existing upper file (created behind the kernel's back): open it.
       auto ds = dir->state();
+      if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
       fd = openat(ds->fd, name, (flags & ~O_CREAT) | O_CLOEXEC);
       err = fd < 0 ? errno : 0;
     }
@@ -192,6 +194,7 @@ int OverlayFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mo
   }
   OvInode* in = inode(e->ino);
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   int err = files_.attach(in, s->fd, s->real, fd, flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW), fi);
   if (err) {
     close(fd);
@@ -206,6 +209,7 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
   OvInode* dir = inode(parent);
   if (int err = copy_up(dir)) return err;
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   int flags = (fi->flags | O_TMPFILE) & ~(O_CREAT | O_NOFOLLOW | O_NOCTTY);
   int fd;
   uint32_t uid, gid;
@@ -261,7 +265,9 @@ int OverlayFs::link(Request&, fuse_ino_t ino, fuse_ino_t newparent, const char* 
   if (int err = copy_up(in)) return err;
   if (int err = copy_up(dir)) return err;
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   if (linkat(s->fd, "", ds->fd, newname, AT_EMPTY_PATH) != 0) {
     if (errno != EEXIST) return errno;
     bool wh = false;
@@ -284,10 +290,12 @@ int OverlayFs::copy_up_alias(OvInode* in, OvInode* dir, const char* name) {
   if (int err = copy_up(dir)) return err;
   std::lock_guard<std::mutex> g(in->copy_m);
   auto s = in->state();
+  if (s->fd < 0) return ESTALE;  // file-handle mode: gone
   // Not copied up yet: under this name (the inode's recorded name is just one of its names).
   if (!s->in_upper) return copy_up_object(in, dir, name, true);
   if (!in->indexed) return 0;
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   struct stat st;
   if (fstatat(ds->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) return 0;
   if (errno != ENOENT) return errno;
@@ -303,6 +311,7 @@ int OverlayFs::unlink(Request&, fuse_ino_t parent, const char* name) {
   std::lock_guard<std::mutex> g(ns_m_);
   for (int pass = 0;; pass++) {
     auto ds = dir->state();
+    if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
     Found f;
     if (int err = resolve(*ds, name, &f)) return err;
     if (!f.exists) return ENOENT;
@@ -353,6 +362,7 @@ int OverlayFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
   OvInode* dir = inode(parent);
   std::lock_guard<std::mutex> g(ns_m_);
   auto ds = dir->state();
+  if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
   Found f;
   if (int err = resolve(*ds, name, &f)) return err;
   if (!f.exists) return ENOENT;
@@ -473,20 +483,25 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
   auto set_redirect = [&](OvInode* in, const std::string& lower_path) {
     if (lower_path.empty()) return 0;
     auto s = in->state();
+    if (s->fd < 0) return ESTALE;  // file-handle mode: gone
     std::string cur;
     if (get_xattr_string(s->fd, kOvlRedirect, &cur)) return 0;
     return set_xattr_string(s->fd, kOvlRedirect, lower_path);
   };
   {
     auto ss = src->state();
+    if (ss->fd < 0) return ESTALE;  // file-handle mode: gone
     if (S_ISDIR(src->type) && !ss->lowers.empty()) err = set_redirect(src, ss->lower_path);
     if (!err && exchange && S_ISDIR(dst->type)) {
       auto ds2 = dst->state();
+      if (ds2->fd < 0) return ESTALE;  // file-handle mode: gone
       if (!ds2->lowers.empty()) err = set_redirect(dst, ds2->lower_path);
     }
   }
   auto s1 = d1->state();
+  if (s1->fd < 0) return ESTALE;  // file-handle mode: gone
   auto s2 = d2->state();
+  if (s2->fd < 0) return ESTALE;  // file-handle mode: gone
   bool src_lower = false, dst_lower = false;
   if (!err) name_in_lowers(*s1, name, &src_lower);
   if (!err) name_in_lowers(*s2, newname, &dst_lower);

@@ -107,7 +107,13 @@ test('maxFds 16: upper objects deleted or replaced behind the mount while evicte
   const l = await layers('fusekit-ovfh-gone-');
   t.teardown(() => fsp.rm(l.root, { recursive: true, force: true }));
   fs.writeFileSync(path.join(l.lower, 'low'), 'lower data');
-  const m = await tiny(l, t);
+  // Names stay cached in the kernel: it asks for the attributes of the inodes it knows, whose
+  // descriptors are closed by then, and learns from ESTALE that they are gone.
+  const m = await fusekitOverlay(
+    t,
+    { lower: [l.lower], upper: l.upper, work: l.work, mnt: l.mnt },
+    { fileHandles: 'on', maxFds: 16, entryTimeout: 60, attrTimeout: 0 },
+  );
   // Upper files, known to the kernel (held open elsewhere: no forget), then evicted.
   for (let i = 0; i < 10; i++) fs.writeFileSync(path.join(l.mnt, `u${i}`), `upper ${i}`);
   fs.mkdirSync(path.join(l.mnt, 'dir'));
@@ -115,7 +121,6 @@ test('maxFds 16: upper objects deleted or replaced behind the mount while evicte
   const held = fs.openSync(path.join(l.mnt, 'dir'), 'r');
   t.teardown(() => fs.closeSync(held));
   churn(l.mnt, 100);
-  t.true(m.stats().inodeFds.reopens >= 0);
   // Behind the mount: delete some, replace others (a new file can take the old inode number).
   for (let i = 0; i < 5; i++) fs.unlinkSync(path.join(l.upper, `u${i}`));
   for (let i = 5; i < 10; i++) {
@@ -129,16 +134,17 @@ test('maxFds 16: upper objects deleted or replaced behind the mount while evicte
   for (let i = 5; i < 10; i++) {
     t.is(fs.readFileSync(path.join(l.mnt, `u${i}`), 'utf8'), `replaced ${i}`, `u${i}`);
   }
+  t.true(m.stats().inodeFds.reopens > 0, 'evicted descriptors were reopened (or failed to)');
   // The directory moved behind the mount: its handle follows it; the name is gone.
   fs.renameSync(path.join(l.upper, 'dir'), path.join(l.upper, 'dir2'));
   churn(l.mnt, 100);
+  await m.invalidate();
   t.throws(() => fs.statSync(path.join(l.mnt, 'dir')), { code: 'ENOENT' });
   t.is(fs.readFileSync(path.join(l.mnt, 'dir2', 'inner'), 'utf8'), 'inner');
   t.is(fs.readFileSync(path.join(l.mnt, 'low'), 'utf8'), 'lower data');
   const s = m.stats().inodeFds;
   t.log(s);
   t.true(s.open <= s.capacity);
-  t.true(s.reopens > 0);
 });
 
 test('maxFds 16: copy-up and rename race readers of evicted objects; readers never fail, data ends right', async (t) => {
