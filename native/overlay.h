@@ -81,6 +81,7 @@ struct RealState {
   // the cache may close them.
   std::string handle;
   bool handled = false;
+  bool pinned = false;  // keeps its descriptors (an O_TMPFILE, which linkat names later)
   size_t nfds() const { return 1 + lowers.size(); }
 };
 
@@ -240,7 +241,8 @@ class OverlayFs : public Filesystem, public WatchClient {
   size_t inode_count() const override { return store_.size(); }
   // The object, its map entry and slot, a typical name (kernel-side descriptors not counted).
   size_t inode_memory() const override {
-    return store_.size() * (sizeof(OvInode) + sizeof(RealState) + 96);
+    // File-handle mode adds a handle per descriptor (about 32 bytes on the heap each).
+    return store_.size() * (sizeof(OvInode) + sizeof(RealState) + 96 + (fh_cache_ ? 32 : 0));
   }
   std::string path_of(fuse_ino_t ino) override { return store_.path_of(store_.get(ino)); }
   WatchClient* watch_client() override { return this; }

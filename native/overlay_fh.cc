@@ -55,7 +55,7 @@ bool OvFdCache::take(int layer, int fd, std::string* out) const {
 
 void OvFdCache::prepare(RealState& s) const {
   s.handled = false;
-  if (!take(s.layer, s.fd, &s.handle)) return;
+  if (s.pinned || !take(s.layer, s.fd, &s.handle)) return;
   for (auto& d : s.lowers)
     if (!take(d.layer, d.fd, &d.handle)) return;
   s.handled = true;
@@ -159,7 +159,7 @@ OvInode::~OvInode() {
 }
 
 void OvInode::set_state(std::shared_ptr<const RealState> s) {
-  if (cache && s && !s->handled && s->fd >= 0) {
+  if (cache && s && !s->handled && !s->pinned && s->fd >= 0) {
     // Not published yet: nobody else reads it.
     cache->prepare(const_cast<RealState&>(*s));
   }

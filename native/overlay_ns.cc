@@ -224,6 +224,7 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
   fstat(fd, &st);
   auto rs = std::make_shared<RealState>();
   rs->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);  // a real descriptor: linkat can name it later
+  rs->pinned = true;                       // so the descriptor cache never closes it
   rs->layer = 0;
   rs->in_upper = true;
   rs->real = {static_cast<uint64_t>(st.st_dev), st.st_ino};
