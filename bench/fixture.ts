@@ -131,8 +131,14 @@ async function ensureRootfs(dir: string): Promise<void> {
   await fsp.writeFile(marker, String(await countEntries(tree)));
 }
 
+/** Entries under dir, symbolic links not followed (the rootfs has absolute ones). */
 async function countEntries(dir: string): Promise<number> {
-  return (await fsp.readdir(dir, { recursive: true })).length;
+  let n = 0;
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    n++;
+    if (e.isDirectory()) n += await countEntries(path.join(dir, e.name));
+  }
+  return n;
 }
 
 /** dir/data.bin of exactly `size` bytes, copied from the shared random data file. */

@@ -10,6 +10,7 @@
 //   --filter x,y       BENCH_FILTER (comma-separated substrings of target or workload names)
 //   --pin MODE         BENCH_PIN (both | unpinned | pinned)
 //   --reps N           BENCH_REPS (3; quick 1)
+//   --report FILE      print the Markdown of a saved bench/results/*.json again (no run)
 // Environment only: BENCH_SIZE (1G; quick 64M), BENCH_FILES (10000; quick 1000),
 // BENCH_TREE_FILES (100000; quick 5000), BENCH_CHANGES (200; quick 40), BENCH_CPU (0),
 // BENCH_QUIET (3; quick 0: seconds to wait for other load to pass before each sample, at most 60
@@ -37,7 +38,7 @@ import {
   sleep,
   waitQuiet,
 } from './util';
-import { buildHelpers, type Workload, type WorkloadContext } from './workloads';
+import { buildHelpers, type Metric, type Workload, type WorkloadContext } from './workloads';
 
 const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 
@@ -63,6 +64,7 @@ interface Config extends FixtureConfig {
 
 const USAGE = `usage: node --import=tsx bench/run.ts [--quick] [--suite S,...] [--filter F,...]
                                       [--pin both|unpinned|pinned] [--reps N]
+       node --import=tsx bench/run.ts --report bench/results/FILE.json   (Markdown again)
 (see bench/README.md for the environment variables)`;
 
 /** Command-line options, as the environment variables they stand for. */
@@ -73,6 +75,7 @@ function parseArgs(argv: string[]): Record<string, string> {
     '--filter': 'BENCH_FILTER',
     '--pin': 'BENCH_PIN',
     '--reps': 'BENCH_REPS',
+    '--report': 'BENCH_REPORT',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -107,8 +110,7 @@ function positiveInt(env: NodeJS.ProcessEnv, name: string, def: number): number 
   return v;
 }
 
-async function config(): Promise<Config> {
-  const args = parseArgs(process.argv.slice(2));
+async function config(args: Record<string, string>): Promise<Config> {
   const quick = (args.BENCH_QUICK ?? process.env.BENCH_QUICK ?? '') === '1';
   // Precedence: command line, then the environment, then the quick mode's sizes.
   const env: NodeJS.ProcessEnv = { ...(quick ? QUICK : {}), ...process.env, ...args };
@@ -379,17 +381,109 @@ function notesOf(plan: Plan, st: RunState): Record<string, string> {
     const ran = new Set<string>();
     for (const [k, v] of Object.entries(st.info)) {
       if (!k.startsWith(`${plan.suite.name}/`) || !k.endsWith(`/${t.name}`)) continue;
+      const parts: string[] = [];
       if (typeof v.transport === 'string')
-        ran.add(`${v.transport}, passthrough ${v.passthrough ? 'on' : 'off'}`);
-      else if (typeof v.options === 'string') ran.add(v.options);
+        parts.push(`${v.transport}, passthrough ${v.passthrough ? 'on' : 'off'}`);
+      else if (typeof v.options === 'string') parts.push(v.options);
+      if (typeof v.nofile === 'number') parts.push(`RLIMIT_NOFILE ${v.nofile}`);
+      if (parts.length) ran.add(parts.join(', '));
     }
     notes[t.name] = t.note + (ran.size ? ` — ran with: ${[...ran].join('; ')}` : '');
   }
   return notes;
 }
 
+/** Everything a run measured: bench/results/<date>.json, and what render() turns into Markdown. */
+interface ResultDoc {
+  environment: Record<string, string>;
+  run: {
+    minutes: number;
+    quick: boolean;
+    /** BENCH_QUIET, and the seconds spent waiting for quiet in all. */
+    quiet: number;
+    quietUsed: number;
+    /** The addon was rebuilt while the run went on. */
+    addonChanged: boolean;
+    /** Every selected suite ran (false in the files written after each suite). */
+    complete: boolean;
+  };
+  suites: {
+    name: string;
+    baselines: string[];
+    pins: string[];
+    targets: string[];
+    /** Target -> note, with what the fusekit mounts negotiated. */
+    notes: Record<string, string>;
+    metrics: Metric[];
+    summary: Summary;
+  }[];
+  info: Record<string, Record<string, unknown>>;
+  samples: Sample[];
+}
+
+/** The Markdown report of a run (also for `--report FILE.json`, re-rendering saved results). */
+function render(doc: ResultDoc): string {
+  const env = doc.environment;
+  const samples = doc.samples;
+  const loads = samples.map((s) => s.load);
+  const busy = samples.map((s) => s.busy).sort((a, b) => a - b);
+  const busyMedian = busy[Math.floor(busy.length / 2)] ?? 0;
+  const noisy = busy.filter((b) => b >= 0.15).length;
+  const ran = doc.suites.map((s) => s.name);
+  return [
+    `## Benchmark ${env.date!.slice(0, 16).replace('T', ' ')} UTC`,
+    '',
+    `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}` +
+      `${env.fuseOverlayfs ? `; ${env.fuseOverlayfs}` : ''}${env.git ? `; ${env.git}` : ''}. ` +
+      `Suites ${env.suites}; data file ${env.size}, ${env.files} small files, a tree of ` +
+      `${env.treeFiles} files, ${env.changes} changes; median of ${env.reps} interleaved ` +
+      `repetitions (${doc.run.minutes.toFixed(1)} min). Other load on the machine: 1-min load ` +
+      `average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; CPU busy just ` +
+      `before a sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ` +
+      `${busy.length} samples started above 15% after waiting up to ${doc.run.quiet} s ` +
+      `(${doc.run.quietUsed} s in all).`,
+    '',
+    ...(doc.run.complete
+      ? []
+      : [`**Incomplete: only ${ran.join(', ') || 'no suite'} ran to the end.**`, '']),
+    ...(doc.run.addonChanged
+      ? ['**Warning: the fusekit addon was rebuilt during this run; its figures mix builds.**', '']
+      : []),
+    ...(doc.run.quick
+      ? [
+          '**Quick mode (small sizes, one repetition): a check that everything runs; the ' +
+            'figures are not comparable with a full run and the goals below say nothing.**',
+          '',
+        ]
+      : []),
+    '"~" marks a spread (max−min over the repetitions) above 20% of the median.',
+    '',
+    ...doc.suites.flatMap((r) => {
+      const suite = SUITES.find((x) => x.name === r.name);
+      return [
+        `## ${suite?.title ?? r.name}`,
+        '',
+        ...(suite ? [suite.intro, ''] : []),
+        markdown(r.summary, r.pins, r.targets, r.metrics, r.notes, {
+          baselines: r.baselines,
+          goals: suite?.goals,
+        }),
+        '',
+      ];
+    }),
+  ].join('\n');
+}
+
 async function main(): Promise<void> {
-  const cfg = await config();
+  const args = parseArgs(process.argv.slice(2));
+  if (args.BENCH_REPORT) {
+    const doc = JSON.parse(await fsp.readFile(args.BENCH_REPORT, 'utf8')) as ResultDoc;
+    if (!doc.run || !Array.isArray(doc.suites))
+      throw new Error(`${args.BENCH_REPORT}: not a result file of this version`);
+    process.stdout.write(render(doc));
+    return;
+  }
+  const cfg = await config(args);
   if (process.getuid?.() !== 0)
     throw new Error('the bench needs root (drop_caches, passthrough, mounts)');
   const started = Date.now();
@@ -465,91 +559,55 @@ async function main(): Promise<void> {
 
     const stamp0 = await addonStamp();
     const samples: Sample[] = [];
-    const summaries: Record<string, Summary> = {};
-    for (const p of cfg.plans) {
-      samples.push(...(await runPlan(p, cfg, st)));
-      summaries[p.suite.name] = summarize(
-        samples.filter((s) => s.suite === p.suite.name),
-        (w) => p.workloads.find((x) => x.name === w)?.metrics.map((m) => m.key) ?? [],
-      );
-    }
-    const addonChanged = (await addonStamp()) !== stamp0;
-    if (addonChanged) log('WARNING: build/Release/fusekit.node changed during the run');
-
-    const loads = samples.map((s) => s.load);
-    const busy = samples.map((s) => s.busy).sort((a, b) => a - b);
-    const busyMedian = busy[Math.floor(busy.length / 2)] ?? 0;
-    const noisy = busy.filter((b) => b >= 0.15).length;
-    const minutes = ((Date.now() - started) / 60000).toFixed(1);
-    const md = [
-      `## Benchmark ${env.date!.slice(0, 16).replace('T', ' ')} UTC`,
-      '',
-      `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}` +
-        `${env.fuseOverlayfs ? `; ${env.fuseOverlayfs}` : ''}${env.git ? `; ${env.git}` : ''}. ` +
-        `Suites ${env.suites}; data file ${env.size}, ${env.files} small files, a tree of ` +
-        `${env.treeFiles} files, ${env.changes} changes; median of ${env.reps} interleaved ` +
-        `repetitions (${minutes} min). Other load on the machine: 1-min load average ` +
-        `${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; CPU busy just before a ` +
-        `sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ${busy.length} ` +
-        `samples started above 15% after waiting up to ${cfg.quiet} s ` +
-        `(${Math.round(60 * cfg.quiet - st.quietBudget)} s in all).`,
-      '',
-      ...(addonChanged
-        ? [
-            '**Warning: the fusekit addon was rebuilt during this run; its figures mix builds.**',
-            '',
-          ]
-        : []),
-      ...(cfg.quick
-        ? [
-            '**Quick mode (small sizes, one repetition): a check that everything runs; the ' +
-              'figures are not comparable with a full run and the goals below say nothing.**',
-            '',
-          ]
-        : []),
-      '"~" marks a spread (max−min over the repetitions) above 20% of the median.',
-      '',
-      ...cfg.plans.flatMap((p) => [
-        `## ${p.suite.title}`,
-        '',
-        p.suite.intro,
-        '',
-        markdown(
-          summaries[p.suite.name]!,
-          p.pins.map((x) => x.name),
-          p.targets.map((t) => t.name),
-          p.workloads.flatMap((w) => w.metrics),
-          notesOf(p, st),
-          { baselines: p.suite.baselines, goals: p.suite.goals },
-        ),
-        '',
-      ]),
-    ].join('\n');
-    process.stdout.write(md);
-    await fsp.mkdir(RESULTS, { recursive: true });
+    const doc: ResultDoc = {
+      environment: env,
+      run: {
+        minutes: 0,
+        quick: cfg.quick,
+        quiet: cfg.quiet,
+        quietUsed: 0,
+        addonChanged: false,
+        complete: false,
+      },
+      suites: [],
+      info: st.info,
+      samples,
+    };
     const stamp = env.date!.slice(0, 19).replace(/:/g, '-') + (cfg.quick ? '-quick' : '');
-    await fsp.writeFile(path.join(RESULTS, `${stamp}.md`), md);
-    await fsp.writeFile(
-      path.join(RESULTS, `${stamp}.json`),
-      JSON.stringify(
-        {
-          environment: env,
-          suites: cfg.plans.map((p) => ({
-            name: p.suite.name,
-            baselines: p.suite.baselines,
-            pins: p.pins.map((x) => x.name),
-            targets: p.targets.map((t) => ({ name: t.name, note: t.note })),
-            metrics: p.workloads.flatMap((w) => w.metrics),
-            summary: summaries[p.suite.name],
-          })),
-          info: st.info,
-          samples,
-        },
-        null,
-        1,
-      ),
-    );
-    log(`results: bench/results/${stamp}.md and .json (${minutes} min)`);
+    // Written after every suite, so a failure later keeps what was measured.
+    const save = async (): Promise<string> => {
+      doc.run.minutes = (Date.now() - started) / 60000;
+      doc.run.quietUsed = Math.round(60 * cfg.quiet - st.quietBudget);
+      doc.run.addonChanged = (await addonStamp()) !== stamp0;
+      const md = render(doc);
+      await fsp.mkdir(RESULTS, { recursive: true });
+      await fsp.writeFile(path.join(RESULTS, `${stamp}.md`), md);
+      await fsp.writeFile(path.join(RESULTS, `${stamp}.json`), JSON.stringify(doc, null, 1));
+      return md;
+    };
+    for (const p of cfg.plans) {
+      const got = await runPlan(p, cfg, st);
+      samples.push(...got);
+      doc.suites.push({
+        name: p.suite.name,
+        baselines: p.suite.baselines,
+        pins: p.pins.map((x) => x.name),
+        targets: p.targets.map((t) => t.name),
+        notes: notesOf(p, st),
+        metrics: p.workloads.flatMap((w) => w.metrics),
+        summary: summarize(
+          got,
+          (w) => p.workloads.find((x) => x.name === w)?.metrics.map((m) => m.key) ?? [],
+        ),
+      });
+      doc.run.complete = doc.suites.length === cfg.plans.length;
+      await save();
+      log(`${p.suite.name} done: bench/results/${stamp}.md and .json`);
+    }
+    const md = await save();
+    if (doc.run.addonChanged) log('WARNING: build/Release/fusekit.node changed during the run');
+    process.stdout.write(md);
+    log(`results: bench/results/${stamp}.md and .json (${doc.run.minutes.toFixed(1)} min)`);
   } finally {
     await cleanup();
     const left = await mountsUnder(path.join(FIXTURES, 'mnt'));
@@ -557,7 +615,11 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e: unknown) => {
-  log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-  process.exitCode = 1;
-});
+// Exits explicitly: a handle some failed step left open must not keep the bench alive.
+main().then(
+  () => process.exit(process.exitCode ?? 0),
+  (e: unknown) => {
+    log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    process.exit(1);
+  },
+);

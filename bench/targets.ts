@@ -230,6 +230,8 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
   protected stderr = '';
   private ctx: TargetContext | undefined;
   private layers: Layers | undefined;
+  /** RLIMIT_NOFILE the daemon really got (see setup()). */
+  nofileGranted: number | undefined;
 
   /**
    * @param overlay the fixture copy is the lower layer of an overlay (upper and work emptied on
@@ -262,8 +264,14 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
     }
     this.backing = src;
     let [cmd, args] = this.command(src, this.mountpoint, this.layers);
-    if (this.nofile)
-      [cmd, args] = ['prlimit', [`--nofile=${this.nofile}:${this.nofile}`, cmd, ...args]];
+    if (this.nofile) {
+      // Raising the hard limit needs CAP_SYS_RESOURCE, which a container may not grant: then
+      // the daemon gets the hard limit the bench has.
+      const hard = await hardNofile();
+      const n = (await canRaiseNofile()) ? this.nofile : Math.min(this.nofile, hard);
+      this.nofileGranted = n;
+      [cmd, args] = ['prlimit', [`--nofile=${n}:${n}`, cmd, ...args]];
+    }
     [cmd, args] = pinned(ctx.cpus, cmd, args);
     this.stderr = '';
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -285,6 +293,7 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
       throw new Error(`${this.name}: mount not ready after 30 s: ${this.stderr.trim()}`);
     });
     await Promise.race([this.waitReady(child), exited, timeout]);
+    if (this.nofileGranted !== undefined) this.info = { ...this.info, nofile: this.nofileGranted };
     return this.mountpoint;
   }
 
@@ -342,7 +351,10 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
   /** For daemons that say nothing when ready: polls for the mount, then for a served request. */
   protected async pollMounted(child: ChildProcess): Promise<void> {
     child.stdout!.resume();
-    for (;;) {
+    const deadline = Date.now() + 60_000;
+    // Stops with the daemon (setup() then reports why) or after a while: a loop left polling
+    // would keep the bench alive after its end.
+    while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) {
       if (await isMounted(this.mountpoint)) {
         await fsp.readdir(this.mountpoint);
         this.info = { pid: child.pid };
@@ -350,6 +362,7 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
       }
       await sleep(20);
     }
+    throw new Error(`${this.name}: the mount did not appear`);
   }
 }
 
@@ -491,6 +504,24 @@ export function passthroughHpTarget(
   args: string[],
 ): Target {
   return new PassthroughHpTarget(name, note, fixture, args);
+}
+
+/** The hard RLIMIT_NOFILE of the bench process. */
+export async function hardNofile(): Promise<number> {
+  const limits = await fsp.readFile('/proc/self/limits', 'utf8');
+  const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
+  return hard === undefined || hard === 'unlimited' ? Infinity : Number(hard);
+}
+
+let raiseNofile: Promise<boolean> | undefined;
+
+/** Whether this process may raise a child's hard RLIMIT_NOFILE (CAP_SYS_RESOURCE), once. */
+function canRaiseNofile(): Promise<boolean> {
+  return (raiseNofile ??= hardNofile().then(async (hard) =>
+    hard === Infinity
+      ? true
+      : (await run('prlimit', [`--nofile=${hard + 1}:${hard + 1}`, 'true'])).code === 0,
+  ));
 }
 
 /** Timeouts of passthrough_hp (it caches names, attributes and misses for 86400 s). */
