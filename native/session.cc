@@ -11,6 +11,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -687,7 +688,10 @@ bool parent_exiting(pid_t pid) {
   }
   if (rfd != 3) dup2(rfd, 3);
   close_range(4, ~0U, 0);
-  prctl(PR_SET_NAME, "fusekit-watch", 0, 0, 0);
+  // The system call itself, not libc's prctl: an interposed prctl (sanitizers name the thread in
+  // their registry, under a lock another thread of the parent may have held at the fork) could
+  // block forever here, and a watchdog stuck before its loop detaches nothing.
+  syscall(SYS_prctl, PR_SET_NAME, "fusekit-watch", 0, 0, 0);
   for (;;) {
     // The pipe closes when the daemon's process ends. But a process that dies holding a file of
     // its own mount gets stuck in its exit, waiting on a FLUSH it can no longer answer, and never
