@@ -18,6 +18,8 @@ export interface Sample {
   busy: number;
   /** Metric key -> CPU seconds of its timed part (workload process + daemon). */
   cpu?: Record<string, number>;
+  /** Wall time of the whole sample, cleanup and sync included (for planning run times). */
+  seconds?: number;
   /** Daemon op counts during this sample (fusekit only): op -> [count, mean µs]. */
   ops?: Record<string, [number, number]>;
 }

@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { ensureRootfsTar, type FixtureConfig, haveGit } from './fixture';
 import { markdown, type Sample, summarize, type Summary } from './report';
 import { type Suite, SUITES } from './suites';
-import { checkTargetTools, type Target } from './targets';
+import { canRaiseNofile, checkTargetTools, hardNofile, type Target } from './targets';
 import {
   check,
   FIXTURES,
@@ -59,6 +59,8 @@ interface Config extends FixtureConfig {
   reps: number;
   quiet: number;
   quick: boolean;
+  /** Why the tree has not its default size, if so. */
+  treeNote: string;
   plans: Plan[];
 }
 
@@ -118,7 +120,22 @@ async function config(args: Record<string, string>): Promise<Config> {
   const size = parseSize(env.BENCH_SIZE ?? '1G');
   if (size < 2 ** 20) throw new Error('BENCH_SIZE must be at least 1M');
   const files = positiveInt(env, 'BENCH_FILES', 10000);
-  const treeFiles = positiveInt(env, 'BENCH_TREE_FILES', 100000);
+  let treeFiles = positiveInt(env, 'BENCH_TREE_FILES', 100000);
+  // The daemons that hold a descriptor per inode (fusekit overlay, fileHandles off) need more
+  // descriptors than the tree has files; where the hard limit cannot be raised (a container
+  // without CAP_SYS_RESOURCE), the default tree shrinks to fit, and an explicit one is warned of.
+  let treeNote = '';
+  const hard = await hardNofile();
+  if (!(await canRaiseNofile()) && treeFiles > hard * 0.8) {
+    if (env.BENCH_TREE_FILES === undefined) {
+      treeFiles = Math.max(1000, Math.floor((hard * 0.8) / 1000) * 1000);
+      treeNote = ` (not 100000: RLIMIT_NOFILE ${hard} cannot be raised)`;
+      log(`tree of ${treeFiles} files${treeNote}`);
+    } else {
+      treeNote = ` (more than RLIMIT_NOFILE ${hard} allows the descriptor-per-inode daemons)`;
+      log(`WARNING: BENCH_TREE_FILES=${treeFiles}${treeNote}`);
+    }
+  }
   const changes = positiveInt(env, 'BENCH_CHANGES', 200);
   if (changes > 10000) throw new Error('BENCH_CHANGES must be at most 10000');
   const quiet = Number(env.BENCH_QUIET ?? 3);
@@ -183,7 +200,7 @@ async function config(args: Record<string, string>): Promise<Config> {
   if (unknown.length)
     throw new Error(`BENCH_FILTER: ${unknown.join(', ')} matches no target or workload`);
   if (!plans.length) throw new Error('nothing to run');
-  return { reps, quiet, quick, plans, ...fx };
+  return { reps, quiet, quick, plans, treeNote, ...fx };
 }
 
 async function loadavg(): Promise<number> {
@@ -239,8 +256,11 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
   const dirty = (
     await run('git', ['-C', REPO_DIR, 'status', '--porcelain', '--', 'native', 'lib'])
   ).stdout.trim();
-  const version = async (cmd: string, args: string[]): Promise<string> =>
-    (await run('sh', ['-c', `${cmd} ${args.join(' ')} 2>&1`])).stdout.split('\n')[0]!.trim();
+  // The line naming the tool (fuse-overlayfs prints warnings and its FUSE versions around it).
+  const version = async (cmd: string, args: string[]): Promise<string> => {
+    const lines = (await run('sh', ['-c', `${cmd} ${args.join(' ')} 2>&1`])).stdout.split('\n');
+    return (lines.find((l) => l.startsWith(cmd)) ?? lines[0]!).trim();
+  };
   const kinds = new Set(cfg.plans.map((p) => p.suite.name));
   return {
     date: new Date().toISOString(),
@@ -260,6 +280,7 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
     reps: String(cfg.reps),
     files: String(cfg.files),
     treeFiles: String(cfg.treeFiles),
+    treeNote: cfg.treeNote,
     changes: String(cfg.changes),
   };
 }
@@ -280,7 +301,8 @@ async function runPlan(plan: Plan, cfg: Config, st: RunState): Promise<Sample[]>
     for (let rep = 0; rep < cfg.reps; rep++) {
       // Fresh mounts every repetition; the start of the target order rotates so no target
       // always follows the same neighbour.
-      const order = targets.map((_, i) => targets[(i + rep) % targets.length]!);
+      const ts = targets.filter((t) => pin.cpus === undefined || t.pinnable !== false);
+      const order = ts.map((_, i) => ts[(i + rep) % ts.length]!);
       const dirs = new Map<Target, string>();
       const ctxOf = { ...cfg, cpus: pin.cpus };
       try {
@@ -339,6 +361,7 @@ async function runPlan(plan: Plan, cfg: Config, st: RunState): Promise<Sample[]>
               load: await loadavg(),
               busy,
             };
+            const began = Date.now();
             const before = await snapshot(t);
             try {
               s.values = await w.run(dir, ctx);
@@ -353,6 +376,7 @@ async function runPlan(plan: Plan, cfg: Config, st: RunState): Promise<Sample[]>
             samples.push(s);
             // Metadata of the cleanup is written back now, not during the next sample.
             await check('sync', []);
+            s.seconds = (Date.now() - began) / 1000;
             log(
               `${suite.name} ${pin.name} rep ${rep + 1}/${cfg.reps} ${w.name.padEnd(9)} ${t.name.padEnd(24)} ${Object.entries(
                 s.values,
@@ -436,7 +460,7 @@ function render(doc: ResultDoc): string {
     `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}` +
       `${env.fuseOverlayfs ? `; ${env.fuseOverlayfs}` : ''}${env.git ? `; ${env.git}` : ''}. ` +
       `Suites ${env.suites}; data file ${env.size}, ${env.files} small files, a tree of ` +
-      `${env.treeFiles} files, ${env.changes} changes; median of ${env.reps} interleaved ` +
+      `${env.treeFiles} files${env.treeNote ?? ''}, ${env.changes} changes; median of ${env.reps} interleaved ` +
       `repetitions (${doc.run.minutes.toFixed(1)} min). Other load on the machine: 1-min load ` +
       `average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; CPU busy just ` +
       `before a sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ` +

@@ -31,6 +31,8 @@ export interface Target {
   readonly name: string;
   /** Short note for the table legend (options that matter for the comparison). */
   readonly note: string;
+  /** false: runs unpinned only (a target for information, left out to keep the run short). */
+  readonly pinnable?: boolean;
   /** Kernel features the target needs (so the runner can enable FUSE-over-io_uring). */
   readonly needsUring?: boolean;
   /** Commands the target needs, with the Debian package that has them. */
@@ -366,18 +368,32 @@ abstract class DaemonTarget extends FixtureTarget implements Target {
   }
 }
 
+export interface FusekitTargetOptions {
+  /** Serve an overlay with the fixture copy as its lower layer. */
+  overlay?: boolean;
+  /** Fixture copy shared with other targets (default: the target's own). */
+  copy?: string;
+  /** RLIMIT_NOFILE for the daemon (clamped to what the bench may grant). */
+  nofile?: number;
+  /** false: unpinned runs only. */
+  pinnable?: boolean;
+}
+
 export type FusekitOptions = Omit<MountOptions, 'source' | 'mountpoint' | 'overlay'>;
 
 /** fusekit, in its own Node process (bench/serve.ts). */
 class FusekitTarget extends DaemonTarget {
+  readonly pinnable: boolean;
+
   constructor(
     readonly name: string,
     readonly note: string,
     fixture: Fixture,
     private readonly options: FusekitOptions,
-    o: { overlay?: boolean; copy?: string; nofile?: number } = {},
+    o: FusekitTargetOptions = {},
   ) {
     super(fixture, o.copy, o.overlay ?? false, o.nofile);
+    this.pinnable = o.pinnable ?? true;
     this.needsUring = options.transport === 'io_uring';
   }
 
@@ -429,7 +445,7 @@ export function fusekitTarget(
   note: string,
   fixture: Fixture,
   options: FusekitOptions,
-  o: { overlay?: boolean; copy?: string; nofile?: number } = {},
+  o: FusekitTargetOptions = {},
 ): Target {
   return new FusekitTarget(name, note, fixture, options, o);
 }
@@ -516,7 +532,7 @@ export async function hardNofile(): Promise<number> {
 let raiseNofile: Promise<boolean> | undefined;
 
 /** Whether this process may raise a child's hard RLIMIT_NOFILE (CAP_SYS_RESOURCE), once. */
-function canRaiseNofile(): Promise<boolean> {
+export function canRaiseNofile(): Promise<boolean> {
   return (raiseNofile ??= hardNofile().then(async (hard) =>
     hard === Infinity
       ? true
