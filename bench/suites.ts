@@ -311,7 +311,7 @@ const memory: Suite = {
       ),
       fusekitTarget(
         'fusekit overlay',
-        'overlay with the tree as its lower layer (descriptors per inode)',
+        'overlay with the tree as its lower layer (fileHandles auto: handles, a bounded cache of descriptors)',
         fx,
         { ...HP_TIMEOUTS },
         { ...opts, overlay: true, nofile: NOFILE },
