@@ -1154,7 +1154,19 @@ void Session::stop_watchdog() {
   close(watchdog_fd_);
   watchdog_fd_ = -1;
   if (watchdog_pid_ > 0) {
-    while (waitpid(watchdog_pid_, nullptr, 0) < 0 && errno == EINTR) {
+    // It exits as soon as it reads "D". One that does not within 5 s is stuck (seen: a lock
+    // inherited held across fork): kill it rather than hang the unmount; the mount is already
+    // detached here, so there is nothing left for it to do.
+    pid_t r = 0;
+    for (int i = 0; i < 500; i++) {
+      r = waitpid(watchdog_pid_, nullptr, WNOHANG);
+      if (r != 0 && !(r < 0 && errno == EINTR)) break;
+      usleep(10000);
+    }
+    if (r == 0) {
+      kill(watchdog_pid_, SIGKILL);
+      while (waitpid(watchdog_pid_, nullptr, 0) < 0 && errno == EINTR) {
+      }
     }
   }
   watchdog_pid_ = -1;
