@@ -358,8 +358,12 @@ export async function buildHelpers(): Promise<void> {
   for (const name of ['metaops', 'walk', 'cpuwrap', 'chglat', 'gitstat']) {
     const src = path.join(__dirname, 'c', `${name}.c`);
     const bin = path.join(BUILD, name);
-    const [s, b] = await Promise.all([fsp.stat(src), fsp.stat(bin).catch(() => undefined)]);
-    if (b && b.mtimeMs >= s.mtimeMs) continue;
+    const [s, h, b] = await Promise.all([
+      fsp.stat(src),
+      fsp.stat(path.join(__dirname, 'c', 'clock.h')),
+      fsp.stat(bin).catch(() => undefined),
+    ]);
+    if (b && b.mtimeMs >= Math.max(s.mtimeMs, h.mtimeMs)) continue;
     await check('cc', ['-O2', '-Wall', '-Wextra', '-o', bin, src]);
   }
 }

@@ -17,11 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "clock.h"
 
 static void die(const char* what, const char* name) {
   fprintf(stderr, "chglat: %s %s: %s\n", what, name, strerror(errno));

@@ -14,20 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-// CPU time (user + system) of this process so far: the cost of the calls, robust against other
-// load on the machine where wall time is not.
-static double cpu(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "clock.h"
 
 static void die(const char* what, const char* name) {
   fprintf(stderr, "metaops: %s %s: %s\n", what, name, strerror(errno));

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 struct linux_dirent64 {
   unsigned long long d_ino;
   long long d_off;
@@ -23,15 +25,6 @@ struct linux_dirent64 {
 };
 
 static long entries;
-
-// CPU time (user + system) of this process so far: the cost of the calls, robust against other
-// load on the machine where wall time is not.
-static double cpu(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
-}
 
 static void die(const char* what) {
   fprintf(stderr, "walk: %s: %s\n", what, strerror(errno));
