@@ -449,9 +449,13 @@ for (const watch of ['fanotify', 'inotify'] as const) {
       passthrough: 'off',
       cache: longCache(watch),
     };
-    const child = spawnChild(t, nodeArgv('test/helpers/obs-child.ts', JSON.stringify(options)), {
-      mountpoints: [d.mnt],
-    });
+    const child = spawnChild(
+      t,
+      nodeArgv('test/helpers/child-mount.ts', JSON.stringify({ options, mode: 'hold' })),
+      {
+        mountpoints: [d.mnt],
+      },
+    );
     await child.message((m) => m.ok === true);
     const stats = async (): Promise<MountStats> =>
       (await controlRequest(d.mnt, { cmd: 'stats' })).stats as MountStats;

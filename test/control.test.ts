@@ -405,7 +405,10 @@ test.serial(
     const l = await layout(t);
     const child = spawnChild(
       t,
-      nodeArgv('test/helpers/obs-child.ts', JSON.stringify({ source: l.src, mountpoint: l.mnt })),
+      nodeArgv(
+        'test/helpers/child-mount.ts',
+        JSON.stringify({ options: { source: l.src, mountpoint: l.mnt }, mode: 'hold' }),
+      ),
       { mountpoints: [l.mnt] },
     );
     const hello = await child.message((m) => m.ok === true);

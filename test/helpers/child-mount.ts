@@ -2,8 +2,9 @@
 // lines. Modes:
 //   report: try to mount, print the outcome (the error's code/message, or transport/passthrough),
 //           unmount, exit 0.
-//   hold:   mount, print {ok:true}, then obey stdin lines: "exit" (process.exit), "throw" (an
-//           uncaught exception), "unmount", "open NAME" (open a file of the mount and keep it).
+//   hold:   mount, print {ok:true, controlSocket, ...}, then obey stdin lines: "exit"
+//           (process.exit), "throw" (an uncaught exception), "unmount", "stats" (print {stats}),
+//           "open NAME" (open a file of the mount and keep it).
 //           Signals take their default fusekit handling.
 //   unref:  mount, unref the mount and let the event loop run dry.
 import { openSync, readFileSync } from 'node:fs';
@@ -50,6 +51,8 @@ async function main(): Promise<void> {
     transport: m.transport,
     passthrough: m.passthrough,
     mounted: mounted(spec.options.mountpoint),
+    controlSocket: m.controlSocket ?? null,
+    controlError: m.controlError?.message ?? null,
   });
   if (spec.mode === 'report') {
     await m.unmount();
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
       const cmd = buf.slice(0, i).trim();
       buf = buf.slice(i + 1);
       if (cmd === 'exit') process.exit(0);
+      if (cmd === 'stats') print({ stats: m.stats() });
       if (cmd === 'throw') throw new Error('deliberate uncaught exception');
       if (cmd.startsWith('open ')) {
         // A file of its own mount, left open: the exit paths must not wait for its close.
