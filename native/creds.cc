@@ -13,6 +13,9 @@ namespace fusekit {
 namespace {
 
 thread_local int t_private_fs = -1;  // -1 unknown, 0 refused, 1 private
+// The thread's umask while no CallerCreds is active (a private one, after unshare(CLONE_FS)):
+// most callers bring the daemon's own umask, and then neither umask() call is needed.
+thread_local mode_t t_umask = 0;
 
 int capget_raw(__user_cap_data_struct data[2]) {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
@@ -41,13 +44,20 @@ void raise_fs_caps() {
 }  // namespace
 
 bool thread_private_fs() {
-  if (t_private_fs < 0) t_private_fs = unshare(CLONE_FS) == 0 ? 1 : 0;
+  if (t_private_fs < 0) {
+    t_private_fs = unshare(CLONE_FS) == 0 ? 1 : 0;
+    t_umask = ::umask(0);
+    ::umask(t_umask);
+  }
   return t_private_fs == 1;
 }
 
 CallerCreds::CallerCreds(uid_t uid, gid_t gid, mode_t umask) : umask_(umask) {
   own_umask_ = thread_private_fs();
-  if (own_umask_) old_umask_ = ::umask(umask);
+  if (own_umask_ && umask != t_umask) {
+    ::umask(umask);
+    umask_set_ = true;
+  }
   static const uid_t self_uid = geteuid();
   static const gid_t self_gid = getegid();
   if (uid == self_uid && gid == self_gid) return;
@@ -77,7 +87,7 @@ CallerCreds::~CallerCreds() {
     setfsuid(geteuid());
     setfsgid(getegid());
   }
-  if (own_umask_) ::umask(old_umask_);
+  if (umask_set_) ::umask(t_umask);
 }
 
 bool has_cap_sys_admin() {

@@ -33,7 +33,7 @@ class CallerCreds {
   bool switched_ = false;
   bool own_umask_ = false;
   mode_t umask_ = 0;
-  mode_t old_umask_ = 0;
+  bool umask_set_ = false;  // the thread's umask was changed and must be restored
 };
 
 // True when the process can register passthrough backing files (CAP_SYS_ADMIN).

@@ -9,7 +9,7 @@
 namespace fusekit {
 
 Inode::~Inode() {
-  if (handle && store) store->forget_fd(this);
+  if (cached.load(std::memory_order_relaxed) && store) store->forget_fd(this);
   if (fd >= 0) close(fd);
   if (locks) {
     for (auto& [owner, lfd] : locks->fds) close(lfd);
@@ -102,7 +102,7 @@ void InodeStore::clear() {
   }
   if (root_) {
     root_->nlookup = 0;
-    if (root_->handle && root_->ring_pos >= 0) root_->ring_pos = -1;
+    if (root_->cached.load(std::memory_order_relaxed) && root_->ring_pos >= 0) root_->ring_pos = -1;
     if (root_->fd >= 0) close(root_->fd);
     root_->fd = -1;
   }
@@ -122,25 +122,36 @@ void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
   ring_.reserve(capacity_);
 }
 
+namespace {
+constexpr unsigned kMaxHandle = sizeof ObjHandle::bytes;
+}
+
 void InodeStore::give_handle(Inode* in, const ObjHandle* h) {
   if (mount_fd_ < 0 || static_cast<dev_t>(in->key.dev) != handle_dev_ || in->fd < 0) return;
-  constexpr unsigned kMax = 128;
-  std::unique_ptr<unsigned char[]> buf(new unsigned char[sizeof(struct file_handle) + kMax]);
-  auto* fh = reinterpret_cast<struct file_handle*>(buf.get());
-  if (h && h->fh.handle_bytes <= kMax) {
-    memcpy(fh, &h->fh, sizeof(struct file_handle) + h->fh.handle_bytes);
-  } else {
-    fh->handle_bytes = kMax;
-    int mount_id;
-    if (name_to_handle_at(in->fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return;  // keeps its fd
+  if (h && h->fh.handle_bytes <= kMaxHandle) {
+    std::unique_ptr<unsigned char[]> buf(
+        new unsigned char[sizeof(struct file_handle) + kMaxHandle]);
+    memcpy(buf.get(), &h->fh, sizeof(struct file_handle) + h->fh.handle_bytes);
+    std::lock_guard<std::mutex> g(in->fd_m);
+    in->handle = std::move(buf);
   }
-  in->handle = std::move(buf);
+  in->cached.store(true, std::memory_order_release);
   fds_open_.fetch_add(1, std::memory_order_relaxed);
   cache_insert(in);
 }
 
+bool InodeStore::take_handle(Inode* in) {
+  std::unique_ptr<unsigned char[]> buf(new unsigned char[sizeof(struct file_handle) + kMaxHandle]);
+  auto* fh = reinterpret_cast<struct file_handle*>(buf.get());
+  fh->handle_bytes = kMaxHandle;
+  int mount_id;
+  if (name_to_handle_at(in->fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return false;
+  in->handle = std::move(buf);
+  return true;
+}
+
 int InodeStore::acquire(Inode* in) {
-  if (!in->handle) return in->fd;
+  if (!in->cached.load(std::memory_order_acquire)) return in->fd;
   {
     std::lock_guard<std::mutex> g(in->fd_m);
     if (in->fd >= 0) {
@@ -163,7 +174,7 @@ int InodeStore::acquire(Inode* in) {
 }
 
 void InodeStore::release(Inode* in) {
-  if (!in->handle) return;
+  if (!in->cached.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> g(in->fd_m);
   in->pins--;
 }
@@ -177,7 +188,15 @@ void InodeStore::cache_insert(Inode* in) {
     if (hand_ >= ring_.size()) hand_ = 0;
     Inode* v = ring_[hand_];
     std::lock_guard<std::mutex> vg(v->fd_m);
-    if (v->pins == 0 && !v->referenced && v != root_) {
+    if (v->pins == 0 && !v->referenced && v != root_ && !v->handle && !take_handle(v)) {
+      // No handle to reopen it by: it keeps its descriptor, outside the cache.
+      v->cached.store(false, std::memory_order_release);
+      fds_open_.fetch_sub(1, std::memory_order_relaxed);
+      ring_[hand_] = ring_.back();
+      ring_[hand_]->ring_pos = static_cast<int64_t>(hand_);
+      ring_.pop_back();
+      v->ring_pos = -1;
+    } else if (v->pins == 0 && !v->referenced && v != root_) {
       close(v->fd);
       v->fd = -1;
       fds_open_.fetch_sub(1, std::memory_order_relaxed);
@@ -236,14 +255,28 @@ bool InodeStore::handle_of(int dirfd, const char* name, ObjHandle* out) const {
   return name_to_handle_at(dirfd, name, &out->fh, &mount_id, *name ? 0 : AT_EMPTY_PATH) == 0;
 }
 
-bool InodeStore::contains(const InodeKey& key) {
+bool InodeStore::needs_handle(const InodeKey& key) {
+  if (mount_fd_ < 0) return false;
   Shard& s = shard(key);
   std::lock_guard<std::mutex> g(s.m);
-  return s.map.count(key) != 0;
+  auto it = s.map.find(key);
+  if (it == s.map.end()) return false;
+  std::lock_guard<std::mutex> fg(it->second->fd_m);
+  return it->second->handle != nullptr;
 }
 
-bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h) {
-  if (!h || !in->handle) return true;  // an inode without a handle keeps its descriptor
+bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h, int hfd) {
+  // While its descriptor is open an inode has no handle yet, and its inode number cannot have
+  // been reused: it is the object.
+  std::lock_guard<std::mutex> g(in->fd_m);
+  if (!in->handle) return true;
+  ObjHandle mine_now;
+  if (!h && hfd >= 0) {
+    mine_now.fh.handle_bytes = sizeof mine_now.bytes;
+    int mount_id;
+    if (name_to_handle_at(hfd, "", &mine_now.fh, &mount_id, AT_EMPTY_PATH) == 0) h = &mine_now;
+  }
+  if (!h) return true;
   auto* mine = reinterpret_cast<const struct file_handle*>(in->handle.get());
   if (mine->handle_type == h->fh.handle_type && mine->handle_bytes == h->fh.handle_bytes &&
       memcmp(mine->f_handle, h->fh.f_handle, mine->handle_bytes) == 0)
@@ -257,7 +290,7 @@ Inode* InodeStore::ref(const InodeKey& key, const ObjHandle* h) {
   Shard& s = shard(key);
   std::lock_guard<std::mutex> g(s.m);
   auto it = s.map.find(key);
-  if (it == s.map.end() || !still_same(s, it->second, h)) return nullptr;
+  if (it == s.map.end() || !still_same(s, it->second, h, -1)) return nullptr;
   it->second->nlookup.fetch_add(1, std::memory_order_relaxed);
   return it->second;
 }
@@ -290,11 +323,11 @@ Inode* InodeStore::ref_nodeid(fuse_ino_t nodeid) {
 }
 
 Inode* InodeStore::ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make,
-                                 bool* created, const ObjHandle* h) {
+                                 bool* created, const ObjHandle* h, int hfd) {
   Shard& s = shard(key);
   std::lock_guard<std::mutex> g(s.m);
   auto it = s.map.find(key);
-  if (it != s.map.end() && still_same(s, it->second, h)) {
+  if (it != s.map.end() && still_same(s, it->second, h, hfd)) {
     it->second->nlookup.fetch_add(1, std::memory_order_relaxed);
     *created = false;
     return it->second;

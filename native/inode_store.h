@@ -65,8 +65,11 @@ struct Inode {
   int fd = -1;
   std::atomic<uint64_t> nlookup{0};
 
-  // File-handle mode: the object's handle, and the state of its cached descriptor.
-  std::unique_ptr<unsigned char[]> handle;  // struct file_handle
+  // File-handle mode: the descriptor is only cached (cached), and the object's handle, taken
+  // from the descriptor when the cache first lets it go: while the descriptor is open the inode
+  // number cannot be reused, so nothing needs the handle before that.
+  std::atomic<bool> cached{false};
+  std::unique_ptr<unsigned char[]> handle;  // struct file_handle, guarded by fd_m
   std::mutex fd_m;
   uint32_t pins = 0;        // PathFds using fd right now
   bool referenced = false;  // used since the cache's clock hand last passed
@@ -146,8 +149,8 @@ class InodeStore {
   size_t fd_capacity() const { return capacity_; }
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
-  // Gives a new inode a handle when its filesystem is the handled one (fd stays cached).
-  // h: the handle of in->fd when the caller already has it (saves a name_to_handle_at).
+  // Puts a new inode's descriptor in the cache when its filesystem is the handled one.
+  // h: the handle of in->fd when the caller already has it; otherwise it is taken on eviction.
   void give_handle(Inode* in, const ObjHandle* h = nullptr);
   // A usable descriptor of in's object, pinned until release(); -1 with errno on failure.
   int acquire(Inode* in);
@@ -175,8 +178,10 @@ class InodeStore {
   Inode* ref(const InodeKey& key);
   // Takes a lookup reference, building the inode with make() (called under the shard lock, so it
   // must not block) when the key is unknown. *created tells which happened.
+  // hfd: a descriptor of the object at hand, to take its handle only if a known inode of the same
+  // key needs the comparison (h not given).
   Inode* ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make, bool* created,
-                       const ObjHandle* h = nullptr);
+                       const ObjHandle* h = nullptr, int hfd = -1);
 
   // File-handle mode: an inode holds nothing that keeps the filesystem from reusing its inode
   // number once the object is deleted (behind the kernel's back, or before the kernel's forget
@@ -185,8 +190,9 @@ class InodeStore {
   // ref_or_insert(..., h) retire a found inode whose handle differs (it stays valid by node id
   // until the kernel forgets it) and treat the key as unknown.
   bool handle_of(int dirfd, const char* name, ObjHandle* out) const;
-  // Whether the key is known (a hint: another thread may add or drop it right after).
-  bool contains(const InodeKey& key);
+  // Whether the key is known with a handle, the only case where ref and ref_or_insert compare
+  // handles (a hint: another thread may add or drop the key right after).
+  bool needs_handle(const InodeKey& key);
   Inode* ref(const InodeKey& key, const ObjHandle* h);
   // Another lookup reference on an inode at hand (found by node id, or already referenced): not
   // by its key, which a retired inode no longer owns.
@@ -215,7 +221,9 @@ class InodeStore {
     std::unordered_set<Inode*> retired;  // stale inodes the kernel still holds (see handle_of)
   };
   // Under the shard lock: false (and `in` retired) when h names another object than in.
-  bool still_same(Shard& s, Inode* in, const ObjHandle* h);
+  bool still_same(Shard& s, Inode* in, const ObjHandle* h, int hfd);
+  // Takes in's handle from its open descriptor (under in->fd_m); false when it has none.
+  static bool take_handle(Inode* in);
   Shard& shard(const InodeKey& k) { return shards_[InodeKeyHash()(k) % kShards]; }
 
   Shard shards_[kShards];

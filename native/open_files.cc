@@ -13,7 +13,7 @@
 namespace fusekit {
 
 int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd, int flags,
-                      fuse_file_info* fi) {
+                      fuse_file_info* fi, mode_t known_mode) {
   auto* h = new FileHandle;
   h->fd = fd;
   track(h, true);
@@ -26,8 +26,10 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
   bool privileged = false;
   if (want_write && passthrough_ && S_ISREG(in->type)) {
     struct stat st;
-    privileged = fstat(fd, &st) == 0 && ((st.st_mode & S_ISUID) ||
-                                         (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP));
+    st.st_mode = known_mode;
+    privileged = (known_mode || fstat(fd, &st) == 0) &&
+                 ((st.st_mode & S_ISUID) ||
+                  (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP));
   }
   std::lock_guard<std::mutex> g(in->m);
   if (want_write) {

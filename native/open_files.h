@@ -68,8 +68,9 @@ class OpenFiles {
 
   // Takes ownership of fd (the open's own descriptor, opened with flags) and fills fi.
   // real_path_fd/real: the O_PATH descriptor and identity of the file fd refers to.
+  // known_mode: the file's mode when the caller has it (a create), else 0 (fstat'ed).
   int attach(Inode* in, int real_path_fd, const InodeKey& real, int fd, int flags,
-             fuse_file_info* fi);
+             fuse_file_info* fi, mode_t known_mode = 0);
   // Closes the handle; the last passthrough open releases the backing file.
   void detach(Inode* in, FileHandle* h);
   // The session is over: closes the opens the kernel never released (a forced or lazy unmount

@@ -205,8 +205,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
   // unknown key needs no check (an inode another lookup adds meanwhile is fresh).
   ObjHandle h;
   const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-  const bool known_h = store_.handles() && store_.contains(key) &&
-                       store_.handle_of(dfd.get(), name, &h);
+  const bool known_h = store_.needs_handle(key) && store_.handle_of(dfd.get(), name, &h);
   Inode* in = store_.ref(key, known_h ? &h : nullptr);
   if (!in) {
     int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -217,12 +216,14 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
       close(fd);
       return err;
     }
-    const bool fd_h = store_.handle_of(fd, "", &h);
+    const InodeKey fkey{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    // A handle only to compare with a known inode of the key (else taken on eviction).
+    const bool fd_h = store_.needs_handle(fkey) && store_.handle_of(fd, "", &h);
     bool created = false;
     store_.ref_inode(dir);  // the new inode's reference on its parent
     try {
       in = store_.ref_or_insert(
-          {static_cast<uint64_t>(st.st_dev), st.st_ino},
+          fkey,
           [&] {
             auto* n = new Inode;
             n->fd = fd;
@@ -232,7 +233,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
             n->name = name;
             return n;
           },
-          &created, fd_h ? &h : nullptr);
+          &created, fd_h ? &h : nullptr, fd);
     } catch (const std::bad_alloc&) {
       store_.unref(dir, 1);
       close(fd);
@@ -269,10 +270,12 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
       return err;
     }
     ObjHandle h;
-    const bool fd_h = store_.handle_of(fd, "", &h);
+    const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    // A handle only to compare with a known inode of the key (else taken on eviction).
+    const bool fd_h = store_.needs_handle(key) && store_.handle_of(fd, "", &h);
     bool created = false;
     target = store_.ref_or_insert(
-        {static_cast<uint64_t>(st.st_dev), st.st_ino},
+        key,
         [&] {
           auto* n = new Inode;
           n->fd = fd;
@@ -280,7 +283,7 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
           n->store = &store_;
           return n;
         },
-        &created, fd_h ? &h : nullptr);
+        &created, fd_h ? &h : nullptr, fd);
     if (!created)
       close(fd);
     else
@@ -465,8 +468,8 @@ int PassthroughFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_in
     struct stat st;
     if (fstatat(dfd, n, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
     ObjHandle h;
-    const bool known_h = store_.handle_of(dfd, n, &h);
     const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    const bool known_h = store_.needs_handle(key) && store_.handle_of(dfd, n, &h);
     if (Inode* in = store_.ref(key, known_h ? &h : nullptr)) {
       store_.set_name(in, dir, n);
       store_.unref(in, 1);
@@ -514,7 +517,8 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
   if (fstat(fd, &st) != 0) return errno;
   InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
   ObjHandle h;
-  const bool fd_h = store_.handle_of(fd, "", &h);
+  // A handle only to compare with a known inode of the key (else taken on eviction).
+  const bool fd_h = store_.needs_handle(key) && store_.handle_of(fd, "", &h);
   Inode* in = store_.ref(key, fd_h ? &h : nullptr);
   if (!in) {
     // The inode's own descriptor: O_PATH to the same file, or (O_TMPFILE) a duplicate, since an
@@ -536,7 +540,7 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
           }
           return n;
         },
-        &created, fd_h ? &h : nullptr);
+        &created, fd_h ? &h : nullptr, fd);
     if (!created) {
       if (name) store_.unref(dir, 1);
       close(pfd);
@@ -575,8 +579,8 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
   int err = adopt(fd, false, dir, name, e);
   if (!err) {
     // The new descriptor itself can be reopened for a backing file.
-    err = files_.attach(inode(e->ino), fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped,
-                        fi);
+    err = files_.attach(inode(e->ino), fd, inode(e->ino)->key, fd, flags & ~kHandleFlagsDropped, fi,
+                        e->attr.st_mode);
     if (err) forget(e->ino, 1);
   }
   if (err) close(fd);
