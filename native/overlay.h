@@ -279,7 +279,9 @@ class OverlayFs : public Filesystem, public WatchClient {
 
   int do_lookup(OvInode* dir, const char* name, fuse_entry_param* e, OvInode** out = nullptr);
   InodeKey key_for(const Found& f);
-  int fill_attr(OvInode* in, const RealState& s, struct stat* st);
+  // known: s's object's stat when the caller just took it (else fstat'ed).
+  int fill_attr(OvInode* in, const RealState& s, struct stat* st,
+                const struct stat* known = nullptr);
   int merged_dir_nlink(OvInode* in, const RealState& s);
   void dirs_changed(OvInode* dir) { dir->dir_nlink.store(-1); }
 
@@ -341,7 +343,8 @@ struct OverlayFs::Found {
   Found& operator=(const Found&) = delete;
   ~Found();
   bool exists = false;
-  struct stat st {};
+  struct stat st {};       // the topmost object's (mode from the index copy when from_index)
+  struct stat real_st {};  // fd's own
   int layer = 0;
   int fd = -1;              // O_PATH to the topmost object (owned until adopted)
   bool from_index = false;  // a lower hard link whose copied-up data lives in work/index
