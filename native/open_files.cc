@@ -87,8 +87,12 @@ void OpenFiles::detach(Inode* in, FileHandle* h) {
     int backing = 0;
     if (h->writer) {
       in->nwriters--;
+      // What this writer left, for telling the watcher's events of our own writes from others'
+      // (written_through_mount); without a watcher nobody asks.
       struct stat st;
-      if (fstat(h->fd, &st) == 0) {
+      if (!session_->watcher()) {
+        in->own_write.reset();
+      } else if (fstat(h->fd, &st) == 0) {
         if (!in->own_write) in->own_write.reset(new (std::nothrow) Inode::WrittenState);
         if (in->own_write) *in->own_write = {st.st_size, st.st_mtim};
       } else {
