@@ -126,15 +126,8 @@ namespace {
 constexpr unsigned kMaxHandle = sizeof ObjHandle::bytes;
 }
 
-void InodeStore::give_handle(Inode* in, const ObjHandle* h) {
+void InodeStore::give_handle(Inode* in) {
   if (mount_fd_ < 0 || static_cast<dev_t>(in->key.dev) != handle_dev_ || in->fd < 0) return;
-  if (h && h->fh.handle_bytes <= kMaxHandle) {
-    std::unique_ptr<unsigned char[]> buf(
-        new unsigned char[sizeof(struct file_handle) + kMaxHandle]);
-    memcpy(buf.get(), &h->fh, sizeof(struct file_handle) + h->fh.handle_bytes);
-    std::lock_guard<std::mutex> g(in->fd_m);
-    in->handle = std::move(buf);
-  }
   in->cached.store(true, std::memory_order_release);
   fds_open_.fetch_add(1, std::memory_order_relaxed);
   cache_insert(in);
@@ -188,23 +181,16 @@ void InodeStore::cache_insert(Inode* in) {
     if (hand_ >= ring_.size()) hand_ = 0;
     Inode* v = ring_[hand_];
     std::lock_guard<std::mutex> vg(v->fd_m);
-    if (v->pins == 0 && !v->referenced && v != root_ && !v->handle && !take_handle(v)) {
-      // No handle to reopen it by: it keeps its descriptor, outside the cache.
-      v->cached.store(false, std::memory_order_release);
+    if (v->pins == 0 && !v->referenced && v != root_) {
+      if (v->handle || take_handle(v)) {
+        close(v->fd);
+        v->fd = -1;
+      } else {
+        // No handle to reopen it by: it keeps its descriptor, outside the cache.
+        v->cached.store(false, std::memory_order_release);
+      }
       fds_open_.fetch_sub(1, std::memory_order_relaxed);
-      ring_[hand_] = ring_.back();
-      ring_[hand_]->ring_pos = static_cast<int64_t>(hand_);
-      ring_.pop_back();
-      v->ring_pos = -1;
-    } else if (v->pins == 0 && !v->referenced && v != root_) {
-      close(v->fd);
-      v->fd = -1;
-      fds_open_.fetch_sub(1, std::memory_order_relaxed);
-      ring_[hand_] = ring_.back();
-      ring_[hand_]->ring_pos = static_cast<int64_t>(hand_);
-      ring_.pop_back();
-      // After the move: when v was the last entry, the line above pointed it at its old slot.
-      v->ring_pos = -1;
+      ring_remove(v);
     } else {
       v->referenced = false;
       hand_++;
@@ -214,16 +200,19 @@ void InodeStore::cache_insert(Inode* in) {
   ring_.push_back(in);
 }
 
+void InodeStore::ring_remove(Inode* in) {
+  size_t pos = static_cast<size_t>(in->ring_pos);
+  ring_[pos] = ring_.back();
+  ring_[pos]->ring_pos = static_cast<int64_t>(pos);
+  ring_.pop_back();
+  // After the move: when in was the last entry, the line above pointed it at its old slot.
+  in->ring_pos = -1;
+}
+
 void InodeStore::forget_fd(Inode* in) {
   if (tearing_down_) return;
   std::lock_guard<std::mutex> g(cache_m_);
-  if (in->ring_pos >= 0) {
-    size_t pos = static_cast<size_t>(in->ring_pos);
-    ring_[pos] = ring_.back();
-    ring_[pos]->ring_pos = static_cast<int64_t>(pos);
-    ring_.pop_back();
-    in->ring_pos = -1;
-  }
+  if (in->ring_pos >= 0) ring_remove(in);
   if (in->fd >= 0) fds_open_.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -286,11 +275,11 @@ bool InodeStore::still_same(Shard& s, Inode* in, const ObjHandle* h, int hfd) {
   return false;
 }
 
-Inode* InodeStore::ref(const InodeKey& key, const ObjHandle* h) {
+Inode* InodeStore::ref(const InodeKey& key, const ObjHandle* h, int hfd) {
   Shard& s = shard(key);
   std::lock_guard<std::mutex> g(s.m);
   auto it = s.map.find(key);
-  if (it == s.map.end() || !still_same(s, it->second, h, -1)) return nullptr;
+  if (it == s.map.end() || !still_same(s, it->second, h, hfd)) return nullptr;
   it->second->nlookup.fetch_add(1, std::memory_order_relaxed);
   return it->second;
 }

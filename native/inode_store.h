@@ -149,9 +149,9 @@ class InodeStore {
   size_t fd_capacity() const { return capacity_; }
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
-  // Puts a new inode's descriptor in the cache when its filesystem is the handled one.
-  // h: the handle of in->fd when the caller already has it; otherwise it is taken on eviction.
-  void give_handle(Inode* in, const ObjHandle* h = nullptr);
+  // Puts a new inode's descriptor in the cache when its filesystem is the handled one; its
+  // handle is taken when the cache first closes the descriptor.
+  void give_handle(Inode* in);
   // A usable descriptor of in's object, pinned until release(); -1 with errno on failure.
   int acquire(Inode* in);
   void release(Inode* in);
@@ -193,7 +193,9 @@ class InodeStore {
   // Whether the key is known with a handle, the only case where ref and ref_or_insert compare
   // handles (a hint: another thread may add or drop the key right after).
   bool needs_handle(const InodeKey& key);
-  Inode* ref(const InodeKey& key, const ObjHandle* h);
+  // hfd (with h null): a descriptor of the object at hand, whose handle is taken only when a
+  // known inode of the key has one to compare with.
+  Inode* ref(const InodeKey& key, const ObjHandle* h, int hfd = -1);
   // Another lookup reference on an inode at hand (found by node id, or already referenced): not
   // by its key, which a retired inode no longer owns.
   void ref_inode(Inode* in);
@@ -222,6 +224,8 @@ class InodeStore {
   };
   // Under the shard lock: false (and `in` retired) when h names another object than in.
   bool still_same(Shard& s, Inode* in, const ObjHandle* h, int hfd);
+  // Under cache_m_: takes in (ring_pos >= 0) out of the descriptor cache's ring.
+  void ring_remove(Inode* in);
   // Takes in's handle from its open descriptor (under in->fd_m); false when it has none.
   static bool take_handle(Inode* in);
   Shard& shard(const InodeKey& k) { return shards_[InodeKeyHash()(k) % kShards]; }

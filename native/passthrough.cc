@@ -217,8 +217,6 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
       return err;
     }
     const InodeKey fkey{static_cast<uint64_t>(st.st_dev), st.st_ino};
-    // A handle only to compare with a known inode of the key (else taken on eviction).
-    const bool fd_h = store_.needs_handle(fkey) && store_.handle_of(fd, "", &h);
     bool created = false;
     store_.ref_inode(dir);  // the new inode's reference on its parent
     try {
@@ -233,7 +231,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
             n->name = name;
             return n;
           },
-          &created, fd_h ? &h : nullptr, fd);
+          &created, nullptr, fd);
     } catch (const std::bad_alloc&) {
       store_.unref(dir, 1);
       close(fd);
@@ -245,7 +243,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) 
     } else {
       if (S_ISDIR(st.st_mode) && session_->watcher())
         session_->watcher()->track_dir(fd, in->key);  // inotify only
-      store_.give_handle(in, fd_h ? &h : nullptr);    // from now on the descriptor is only cached
+      store_.give_handle(in);                         // from now on the descriptor is only cached
     }
   }
   fill_entry(in, st, e);
@@ -269,13 +267,9 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
       close(fd);
       return err;
     }
-    ObjHandle h;
-    const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-    // A handle only to compare with a known inode of the key (else taken on eviction).
-    const bool fd_h = store_.needs_handle(key) && store_.handle_of(fd, "", &h);
     bool created = false;
     target = store_.ref_or_insert(
-        key,
+        {static_cast<uint64_t>(st.st_dev), st.st_ino},
         [&] {
           auto* n = new Inode;
           n->fd = fd;
@@ -283,11 +277,11 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
           n->store = &store_;
           return n;
         },
-        &created, fd_h ? &h : nullptr, fd);
+        &created, nullptr, fd);
     if (!created)
       close(fd);
     else
-      store_.give_handle(target, fd_h ? &h : nullptr);
+      store_.give_handle(target);
   }
   if (!target) return ESTALE;
   struct stat st;
@@ -516,10 +510,7 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
   struct stat st;
   if (fstat(fd, &st) != 0) return errno;
   InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-  ObjHandle h;
-  // A handle only to compare with a known inode of the key (else taken on eviction).
-  const bool fd_h = store_.needs_handle(key) && store_.handle_of(fd, "", &h);
-  Inode* in = store_.ref(key, fd_h ? &h : nullptr);
+  Inode* in = store_.ref(key, nullptr, fd);
   if (!in) {
     // The inode's own descriptor: O_PATH to the same file, or (O_TMPFILE) a duplicate, since an
     // anonymous file can only be linked in later through a real descriptor.
@@ -540,12 +531,12 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
           }
           return n;
         },
-        &created, fd_h ? &h : nullptr, fd);
+        &created, nullptr, fd);
     if (!created) {
       if (name) store_.unref(dir, 1);
       close(pfd);
     } else if (!keep_fd) {
-      store_.give_handle(in, fd_h ? &h : nullptr);  // an O_TMPFILE keeps its descriptor
+      store_.give_handle(in);  // an O_TMPFILE keeps its descriptor
     }
   }
   fill_entry(in, st, e);
