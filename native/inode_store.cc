@@ -355,6 +355,7 @@ void InodeStore::unref(Inode* in, uint64_t n) {
     nodes_.release(in->nodeid);
   }
   count_.fetch_sub(1, std::memory_order_relaxed);
+  if (hints_ && in->parent) drop_name(in->parent, in->name);  // nothing else reaches in now
   delete in;  // outside the lock: closing descriptors can be slow
 }
 
@@ -383,10 +384,34 @@ void InodeStore::set_name(Inode* in, Inode* dir, const char* name) {
   {
     std::lock_guard<std::mutex> g(names_m);
     old = in->parent;
+    if (hints_ && old) drop_name(old, in->name);
     in->parent = dir;
     in->name = name;
   }
   if (old) unref(old, 1);
+}
+
+void InodeStore::enable_name_hints() {
+  hints_.reset(new std::atomic<uint64_t>[size_t{1} << kHintBits]());
+}
+
+uint64_t InodeStore::name_hint(const Inode* dir, const char* name) {
+  // FNV-1a over the name, seeded with the directory's node id, and a final mix: the top bits
+  // pick the slot.
+  uint64_t h = 0xcbf29ce484222325ULL ^ (dir->nodeid * 0x9e3779b97f4a7c15ULL);
+  for (const unsigned char* c = reinterpret_cast<const unsigned char*>(name); *c; c++)
+    h = (h ^ *c) * 0x100000001b3ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h | 1;  // 0 marks an empty slot
+}
+
+void InodeStore::drop_name(const Inode* dir, const std::string& name) {
+  uint64_t h = name_hint(dir, name.c_str());
+  // Only if the slot still holds this name's fingerprint (a racing note of the same name loses
+  // nothing but a syscall).
+  hints_[h >> (64 - kHintBits)].compare_exchange_strong(h, 0, std::memory_order_relaxed);
 }
 
 void InodeStore::for_each(const std::function<void(Inode*)>& fn) {

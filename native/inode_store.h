@@ -202,6 +202,20 @@ class InodeStore {
   // Drops n lookup references; frees the inode (and closes its descriptor) at zero.
   void unref(Inode* in, uint64_t n);
 
+  // Name hints (enabled by the passthrough): fingerprints of (directory, name) pairs that lately
+  // led to a live inode, direct-mapped, dropped when the inode is freed or renamed. A lookup of
+  // such a name most likely finds a known inode, which one stat confirms; any other name is
+  // better opened at once. Only a hint: a stale or overwritten slot costs a syscall, never
+  // correctness. name_known also gives the fingerprint for note_name.
+  void enable_name_hints();
+  bool name_known(const Inode* dir, const char* name, uint64_t* hint) const {
+    *hint = name_hint(dir, name);
+    return hints_ && hints_[*hint >> (64 - kHintBits)].load(std::memory_order_relaxed) == *hint;
+  }
+  void note_name(uint64_t hint) {
+    if (hints_) hints_[hint >> (64 - kHintBits)].store(hint, std::memory_order_relaxed);
+  }
+
   // Inode memory and count for stats.
   size_t size() const { return count_.load(std::memory_order_relaxed); }
 
@@ -224,6 +238,11 @@ class InodeStore {
   };
   // Under the shard lock: false (and `in` retired) when h names another object than in.
   bool still_same(Shard& s, Inode* in, const ObjHandle* h, int hfd);
+  static constexpr unsigned kHintBits = 14;
+  static uint64_t name_hint(const Inode* dir, const char* name);
+  // Drops dir/name's hint (a freed or renamed inode).
+  void drop_name(const Inode* dir, const std::string& name);
+  std::unique_ptr<std::atomic<uint64_t>[]> hints_;
   // Under cache_m_: takes in (ring_pos >= 0) out of the descriptor cache's ring.
   void ring_remove(Inode* in);
   // Takes in's handle from its open descriptor (under in->fd_m); false when it has none.

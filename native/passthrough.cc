@@ -103,6 +103,7 @@ std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Err
   root->type = S_IFDIR;
   root->key = {static_cast<uint64_t>(st.st_dev), st.st_ino};
   fs->store_.set_root(root);
+  fs->store_.enable_name_hints();
   fs->ino_map_ = std::make_unique<InoMap>(st.st_dev);
   if (cfg.file_handles != 2) {
     // File-handle mode when the source's filesystem exports handles and this process may open
@@ -195,57 +196,80 @@ int PassthroughFs::check_dir(Inode* dir) const {
   return 0;
 }
 
-int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e) {
+int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e, bool confine) {
   if (is_dot_or_dotdot(name)) return lookup_dot(dir, name, e);
   PathFd dfd(store_, dir);
   if (!dfd) return dfd.error();
   struct stat st;
-  if (fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
-  // File-handle mode: the handle tells whether a known (dev, ino) is still the same object. An
-  // unknown key needs no check (an inode another lookup adds meanwhile is fresh).
-  ObjHandle h;
-  const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-  const bool known_h = store_.needs_handle(key) && store_.handle_of(dfd.get(), name, &h);
-  Inode* in = store_.ref(key, known_h ? &h : nullptr);
-  if (!in) {
-    int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return errno;
-    // The descriptor decides: the name may have changed since fstatat.
-    if (fstat(fd, &st) != 0) {
-      int err = errno;
-      close(fd);
-      return err;
+  uint64_t hint;
+  bool checked = false;  // dir is known to be inside the source
+  if (store_.name_known(dir, name, &hint)) {
+    // A name this mount has answered before (a revalidation, a listing again): most likely an
+    // inode it still knows, which one stat confirms.
+    if (confine) {
+      if (int err = check_dir(dir)) return err;
+      checked = true;
     }
-    const InodeKey fkey{static_cast<uint64_t>(st.st_dev), st.st_ino};
-    bool created = false;
-    store_.ref_inode(dir);  // the new inode's reference on its parent
-    try {
-      in = store_.ref_or_insert(
-          fkey,
-          [&] {
-            auto* n = new Inode;
-            n->fd = fd;
-            n->type = st.st_mode & S_IFMT;
-            n->store = &store_;
-            n->parent = dir;
-            n->name = name;
-            return n;
-          },
-          &created, nullptr, fd);
-    } catch (const std::bad_alloc&) {
-      store_.unref(dir, 1);
-      close(fd);
-      return ENOMEM;
-    }
-    if (!created) {
-      store_.unref(dir, 1);
-      close(fd);
-    } else {
-      if (S_ISDIR(st.st_mode) && session_->watcher())
-        session_->watcher()->track_dir(fd, in->key);  // inotify only
-      store_.give_handle(in);                         // from now on the descriptor is only cached
+    if (fstatat(dfd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno;
+    // File-handle mode: the handle tells whether a known (dev, ino) is still the same object.
+    ObjHandle h;
+    const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+    const bool known_h = store_.needs_handle(key) && store_.handle_of(dfd.get(), name, &h);
+    if (Inode* in = store_.ref(key, known_h ? &h : nullptr)) {
+      fill_entry(in, st, e);
+      return 0;
     }
   }
+  // Any other name (or one whose inode is gone): open it straight away, one path walk, and the
+  // descriptor decides what the object is, instead of stat, open and stat again. Known inodes
+  // met this way cost a close.
+  int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    // ENOENT is what a directory moved out of the source answers too; anything else might tell
+    // about the outside, so it is given only while dir is still inside.
+    if (confine && !checked && err != ENOENT) {
+      if (int c = check_dir(dir)) return c;
+    }
+    return err;
+  }
+  int err = fstat(fd, &st) == 0 ? 0 : errno;
+  if (!err && confine && !checked) err = check_dir(dir);
+  if (err) {
+    close(fd);
+    return err;
+  }
+  const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
+  bool created = false;
+  Inode* in;
+  store_.ref_inode(dir);  // the new inode's reference on its parent
+  try {
+    in = store_.ref_or_insert(
+        key,
+        [&] {
+          auto* n = new Inode;
+          n->fd = fd;
+          n->type = st.st_mode & S_IFMT;
+          n->store = &store_;
+          n->parent = dir;
+          n->name = name;
+          return n;
+        },
+        &created, nullptr, fd);
+  } catch (const std::bad_alloc&) {
+    store_.unref(dir, 1);
+    close(fd);
+    return ENOMEM;
+  }
+  if (!created) {
+    store_.unref(dir, 1);
+    close(fd);
+  } else {
+    if (S_ISDIR(st.st_mode) && session_->watcher())
+      session_->watcher()->track_dir(fd, in->key);  // inotify only
+    store_.give_handle(in);                         // from now on the descriptor is only cached
+  }
+  store_.note_name(hint);
   fill_entry(in, st, e);
   return 0;
 }
@@ -306,8 +330,7 @@ int PassthroughFs::lookup(Request&, fuse_ino_t parent, const char* name, fuse_en
     return err;
   }
   dir = inode(parent);
-  if (int err = check_dir(dir)) return err;
-  return do_lookup(dir, name, e);
+  return do_lookup(dir, name, e, true);
 }
 
 void PassthroughFs::forget(fuse_ino_t ino, uint64_t nlookup) {
@@ -539,6 +562,8 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
       store_.give_handle(in);  // an O_TMPFILE keeps its descriptor
     }
   }
+  uint64_t hint;
+  if (name && !store_.name_known(dir, name, &hint)) store_.note_name(hint);  // for revalidations
   fill_entry(in, st, e);
   return 0;
 }

@@ -109,8 +109,9 @@ class PassthroughFs : public Filesystem, public WatchClient {
   explicit PassthroughFs(const MountConfig& cfg) : cfg_(cfg) {}
 
   Inode* inode(fuse_ino_t ino) const { return store_.get(ino); }
-  // Lookup of one name in dir; takes a lookup reference.
-  int do_lookup(Inode* dir, const char* name, fuse_entry_param* e);
+  // Lookup of one name in dir; takes a lookup reference. confine: check that dir is still inside
+  // the source (check_dir) before answering; callers that checked already pass false.
+  int do_lookup(Inode* dir, const char* name, fuse_entry_param* e, bool confine = false);
   int lookup_dot(Inode* dir, const char* name, fuse_entry_param* e);
   // Adopts an already-open descriptor of a new file as an inode (create, tmpfile).
   int adopt(int fd, bool keep_fd, Inode* dir, const char* name, fuse_entry_param* e);

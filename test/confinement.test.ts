@@ -227,10 +227,12 @@ test('a directory moved out of the source: work inside it through the mount stop
   for (const it of iterations()) {
     t.is(it.create, 'ok');
     t.true(Array.isArray(it.list));
+    t.deepEqual(it.statLate, { error: 'ENOENT' });
   }
 
   // The host moves the directory out of the source, next to the sentinel.
   await fsp.rename(work, path.join(w.outside, 'work'));
+  await fsp.writeFile(path.join(w.outside, 'work', 'late'), 'made outside after the move');
   await fsp.writeFile(flag, '');
   const after = (): Record<string, unknown>[] => iterations().filter((m) => m.after === true);
   // Sequential worker: once an iteration that began after the move has reported, no operation
@@ -261,6 +263,7 @@ test('a directory moved out of the source: work inside it through the mount stop
     t.deepEqual(it.create, { error: 'ENOENT' });
     t.deepEqual(it.mkdir, { error: 'ENOENT' });
     t.deepEqual(it.list, { error: 'ENOENT' }, 'listing the moved directory fails');
+    t.deepEqual(it.statLate, { error: 'ENOENT' }, 'a name made outside is not looked up');
     // ".." of the cwd is the mount root: it lists the source, never the outside directory.
     const parent = it.listParent as string[];
     t.true(Array.isArray(parent), JSON.stringify(it.listParent));

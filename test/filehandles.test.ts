@@ -581,3 +581,34 @@ test('an inode number reused by a new file after a delete behind the mount is a 
   t.log(`${reused.length} of 200 new files got the deleted one's inode number`);
   t.true(reused.length > 0, 'the filesystem did reuse numbers (else this proves nothing)');
 });
+
+test('a name replaced behind the mount by a file that reuses the old inode number is the new file', async (t) => {
+  // A lookup of a name the mount answered before trusts one stat to find the inode it knows: the
+  // handle must still tell a new file that got the old one's number from the old one. Entry and
+  // attribute timeouts 0: every stat below is a lookup in the daemon.
+  const f = await mountFixture(t, {
+    fileHandles: 'on',
+    maxFds: 16,
+    entryTimeout: 0,
+    attrTimeout: 0,
+  });
+  const reused: number[] = [];
+  for (let j = 0; j < 20; j++) fs.writeFileSync(path.join(f.mnt, `other${j}`), 'o');
+  for (let i = 0; i < 200; i++) {
+    const name = `x${i}`;
+    fs.writeFileSync(path.join(f.src, name), 'old');
+    const old = fs.lstatSync(path.join(f.mnt, name)); // the kernel keeps the inode
+    for (let j = 0; j < 20; j++) fs.lstatSync(path.join(f.mnt, `other${j}`)); // its fd leaves
+    fs.unlinkSync(path.join(f.src, name)); // behind the mount's back, then a new file
+    fs.writeFileSync(path.join(f.src, name), `new ${i}`);
+    const now = fs.lstatSync(path.join(f.src, name));
+    if (now.ino === old.ino) reused.push(i);
+    const seen = fs.lstatSync(path.join(f.mnt, name));
+    t.is(seen.ino, now.ino);
+    t.is(seen.size, `new ${i}`.length);
+    t.is(fs.readFileSync(path.join(f.mnt, name), 'utf8'), `new ${i}`);
+    fs.unlinkSync(path.join(f.mnt, name));
+  }
+  t.log(`${reused.length} of 200 new files got the replaced one's inode number`);
+  t.true(reused.length > 0, 'the filesystem did reuse numbers (else this proves nothing)');
+});

@@ -110,6 +110,11 @@ const modes: Record<string, () => void> = {
       step('list', () => fs.readdirSync('.'));
       step('listParent', () => fs.readdirSync('..'));
       step('statParent', () => (fs.statSync('..').isDirectory() ? 'dir' : 'not a dir'));
+      // A name that only ever exists outside (made there after the move).
+      step('statLate', () => {
+        fs.statSync('late');
+        return 'found';
+      });
       print(r);
     }
     print({ done: true });
