@@ -329,7 +329,9 @@ Inode* InodeStore::ref_or_insert(const InodeKey& key, const std::function<Inode*
     s.map.emplace(key, in);
   } catch (...) {
     if (in->nodeid) nodes_.release(in->nodeid);
-    in->fd = -1;  // the caller still owns the descriptor it passed in
+    // The caller still owns the descriptor it passed in, and the parent reference it took.
+    in->fd = -1;
+    in->parent = nullptr;
     delete in;
     throw;
   }

@@ -179,7 +179,8 @@ class InodeStore {
   // Takes a lookup reference, building the inode with make() (called under the shard lock, so it
   // must not block) when the key is unknown. *created tells which happened.
   // hfd: a descriptor of the object at hand, to take its handle only if a known inode of the same
-  // key needs the comparison (h not given).
+  // key needs the comparison (h not given). On std::bad_alloc the descriptor and the parent
+  // reference the made inode held stay the caller's.
   Inode* ref_or_insert(const InodeKey& key, const std::function<Inode*()>& make, bool* created,
                        const ObjHandle* h = nullptr, int hfd = -1);
 

@@ -196,6 +196,35 @@ int PassthroughFs::check_dir(Inode* dir) const {
   return 0;
 }
 
+Inode* PassthroughFs::insert(const struct stat& st, int fd, int hfd, Inode* dir, const char* name,
+                             bool* created) {
+  *created = false;
+  if (name) store_.ref_inode(dir);  // the new inode's reference on its parent
+  Inode* in = nullptr;
+  try {
+    in = store_.ref_or_insert(
+        {static_cast<uint64_t>(st.st_dev), st.st_ino},
+        [&] {
+          auto* n = new Inode;
+          n->fd = fd;
+          n->type = st.st_mode & S_IFMT;
+          n->store = &store_;
+          if (name) {
+            n->parent = dir;
+            n->name = name;
+          }
+          return n;
+        },
+        created, nullptr, hfd);
+  } catch (const std::bad_alloc&) {
+  }
+  if (!*created) {
+    if (name) store_.unref(dir, 1);
+    close(fd);
+  }
+  return in;
+}
+
 int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e, bool confine) {
   if (is_dot_or_dotdot(name)) return lookup_dot(dir, name, e);
   PathFd dfd(store_, dir);
@@ -239,35 +268,13 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e, 
     close(fd);
     return err;
   }
-  const InodeKey key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-  bool created = false;
-  Inode* in;
-  store_.ref_inode(dir);  // the new inode's reference on its parent
-  try {
-    in = store_.ref_or_insert(
-        key,
-        [&] {
-          auto* n = new Inode;
-          n->fd = fd;
-          n->type = st.st_mode & S_IFMT;
-          n->store = &store_;
-          n->parent = dir;
-          n->name = name;
-          return n;
-        },
-        &created, nullptr, fd);
-  } catch (const std::bad_alloc&) {
-    store_.unref(dir, 1);
-    close(fd);
-    return ENOMEM;
-  }
-  if (!created) {
-    store_.unref(dir, 1);
-    close(fd);
-  } else {
+  bool created;
+  Inode* in = insert(st, fd, fd, dir, name, &created);
+  if (!in) return ENOMEM;
+  if (created) {
     if (S_ISDIR(st.st_mode) && session_->watcher())
-      session_->watcher()->track_dir(fd, in->key);  // inotify only
-    store_.give_handle(in);                         // from now on the descriptor is only cached
+      session_->watcher()->track_dir(in->fd, in->key);  // inotify only
+    store_.give_handle(in);                             // from now on the descriptor is only cached
   }
   store_.note_name(hint);
   fill_entry(in, st, e);
@@ -291,21 +298,10 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
       close(fd);
       return err;
     }
-    bool created = false;
-    target = store_.ref_or_insert(
-        {static_cast<uint64_t>(st.st_dev), st.st_ino},
-        [&] {
-          auto* n = new Inode;
-          n->fd = fd;
-          n->type = S_IFDIR;
-          n->store = &store_;
-          return n;
-        },
-        &created, nullptr, fd);
-    if (!created)
-      close(fd);
-    else
-      store_.give_handle(target);
+    bool created;
+    target = insert(st, fd, fd, nullptr, nullptr, &created);
+    if (!target) return ENOMEM;
+    if (created) store_.give_handle(target);
   }
   if (!target) return ESTALE;
   struct stat st;
@@ -539,28 +535,10 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
     // anonymous file can only be linked in later through a real descriptor.
     int pfd = keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH);
     if (pfd < 0) return errno;
-    bool created = false;
-    if (name) store_.ref_inode(dir);
-    in = store_.ref_or_insert(
-        key,
-        [&] {
-          auto* n = new Inode;
-          n->fd = pfd;
-          n->type = st.st_mode & S_IFMT;
-          n->store = &store_;
-          if (name) {
-            n->parent = dir;
-            n->name = name;
-          }
-          return n;
-        },
-        &created, nullptr, fd);
-    if (!created) {
-      if (name) store_.unref(dir, 1);
-      close(pfd);
-    } else if (!keep_fd) {
-      store_.give_handle(in);  // an O_TMPFILE keeps its descriptor
-    }
+    bool created;
+    in = insert(st, pfd, fd, dir, name, &created);
+    if (!in) return ENOMEM;
+    if (created && !keep_fd) store_.give_handle(in);  // an O_TMPFILE keeps its descriptor
   }
   uint64_t hint;
   if (name && !store_.name_known(dir, name, &hint)) store_.note_name(hint);  // for revalidations

@@ -113,6 +113,12 @@ class PassthroughFs : public Filesystem, public WatchClient {
   // the source (check_dir) before answering; callers that checked already pass false.
   int do_lookup(Inode* dir, const char* name, fuse_entry_param* e, bool confine = false);
   int lookup_dot(Inode* dir, const char* name, fuse_entry_param* e);
+  // Takes a lookup reference on the inode of st's object, building it around fd (then the
+  // inode's own descriptor) when the store does not know it; otherwise fd is closed. Named
+  // dir/name (none when name is null). hfd: a descriptor of the object, for the handle comparison
+  // with a known inode. nullptr when out of memory.
+  Inode* insert(const struct stat& st, int fd, int hfd, Inode* dir, const char* name,
+                bool* created);
   // Adopts an already-open descriptor of a new file as an inode (create, tmpfile).
   int adopt(int fd, bool keep_fd, Inode* dir, const char* name, fuse_entry_param* e);
   void fill_entry(Inode* in, const struct stat& st, fuse_entry_param* e) const;
