@@ -221,27 +221,41 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
     if (fd < 0) return errno;
   }
   struct stat st;
-  fstat(fd, &st);
-  auto rs = std::make_shared<RealState>();
-  rs->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);  // a real descriptor: linkat can name it later
-  rs->pinned = true;                       // so the descriptor cache never closes it
-  rs->layer = 0;
-  rs->in_upper = true;
-  rs->real = {static_cast<uint64_t>(st.st_dev), st.st_ino};
+  int dup = -1;
+  if (fstat(fd, &st) != 0 || (dup = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    int err = errno;
+    close(fd);
+    return err;
+  }
   store_.ref(dir->key);
   bool created = false;
-  OvInode* in = static_cast<OvInode*>(store_.ref_or_insert(
-      rs->real,
-      [&] {
-        auto* n = new OvInode;
-        n->type = S_IFREG;
-        n->store = &store_;
-        n->cache = fh_cache_.get();
-        n->parent = dir;
-        n->set_state(rs);
-        return n;
-      },
-      &created));
+  OvInode* in;
+  std::shared_ptr<RealState> rs;
+  try {
+    rs = std::make_shared<RealState>();
+    rs->fd = dup;       // a real descriptor: linkat can name it later
+    rs->pinned = true;  // so the descriptor cache never closes it
+    rs->layer = 0;
+    rs->in_upper = true;
+    rs->real = {static_cast<uint64_t>(st.st_dev), st.st_ino};
+    in = static_cast<OvInode*>(store_.ref_or_insert(
+        rs->real,
+        [&] {
+          auto* n = new OvInode;
+          n->type = S_IFREG;
+          n->store = &store_;
+          n->cache = fh_cache_.get();
+          n->parent = dir;
+          n->set_state(rs);
+          return n;
+        },
+        &created));
+  } catch (const std::bad_alloc&) {
+    store_.unref(dir, 1);
+    if (!rs) close(dup);  // otherwise the state owns it and closes it as it goes
+    close(fd);
+    return ENOMEM;
+  }
   if (!created) store_.unref(dir, 1);
   e->ino = in->nodeid;
   e->generation = in->generation;
