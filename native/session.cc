@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,7 +68,20 @@ uint64_t now_ns() {
 // One request on its way through: who asked, when, what it names, and the reply helpers that
 // record statistics and events. Names and paths an event needs are captured before the reply:
 // afterwards the request's buffer (an io_uring ring entry) may already hold the next request.
+// libfuse cancels its io_uring queue threads at unmount (pthread_cancel, deferred) without
+// waiting for the request they may be serving: the cancellation would strike at the handler's
+// next close() or openat(), unwind through our frames and leave the request half done. Requests
+// are served with cancellation off; a pending one acts in libfuse's loop once the request is done.
+struct NoCancel {
+  int old = PTHREAD_CANCEL_ENABLE;
+  NoCancel() { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old); }
+  ~NoCancel() { pthread_setcancelstate(old, nullptr); }
+  NoCancel(const NoCancel&) = delete;
+  NoCancel& operator=(const NoCancel&) = delete;
+};
+
 struct Dispatch {
+  NoCancel no_cancel;  // first: in force before anything else the request does, until the end
   Session* s;
   fuse_req_t req;
   Op op;
