@@ -176,9 +176,18 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
       added = out.add_plus(e.name.c_str(), fe, next);
     } else {
       fuse_entry_param fe{};
-      if (do_lookup(dir, e.name.c_str(), &fe) != 0) continue;  // gone since the snapshot
-      added = out.add_plus(e.name.c_str(), fe, next);
-      if (!added) forget(fe.ino, 1);
+      if (int err = do_lookup(dir, e.name.c_str(), &fe)) {
+        if (err == ENOENT) continue;  // gone since the snapshot
+        // Any other failure is listed without attributes, as plain readdir would: the kernel's
+        // own lookup then meets the error (it used to drop the entry from the listing unseen).
+        fe = {};
+        fe.attr.st_mode = DTTOIF(e.type);
+        fe.attr.st_ino = e.ino;
+        added = out.add_plus(e.name.c_str(), fe, next);
+      } else {
+        added = out.add_plus(e.name.c_str(), fe, next);
+        if (!added) forget(fe.ino, 1);
+      }
     }
     if (!added) break;
     h->served = true;

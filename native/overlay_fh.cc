@@ -186,9 +186,10 @@ std::shared_ptr<const RealState> OvInode::reopen_state(std::unique_lock<std::mut
   // have got the state since (state() is the only way out, and it reopens first).
   auto* s = const_cast<RealState*>(state_.get());
   if (!cache->reopen(*s)) {
-    // The object is gone (deleted behind the mount): give this caller a state without
-    // descriptors, and let the next lookup find what the name holds now.
-    stale = true;
+    // ESTALE: the object is gone (deleted behind the mount). Give this caller a state without
+    // descriptors, and let the next lookup find what the name holds now. Any other failure (out
+    // of descriptors or memory) says nothing about the object: the next state() tries again.
+    if (errno == ESTALE || errno == ENOENT) stale = true;
     auto dead = std::make_shared<RealState>();
     dead->layer = s->layer;
     dead->real = s->real;

@@ -720,10 +720,17 @@ int PassthroughFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_fil
       added = out.add_plus(de->d_name, e, de->d_off);
     } else {
       fuse_entry_param e{};
-      // An entry removed since getdents is simply skipped.
-      if (do_lookup(dir, de->d_name, &e) == 0) {
+      int err = do_lookup(dir, de->d_name, &e);
+      if (err == 0) {
         added = out.add_plus(de->d_name, e, de->d_off);
         if (!added) forget(e.ino, 1);
+      } else if (err != ENOENT) {
+        // Only an entry removed since getdents is skipped. One that failed otherwise is listed
+        // without attributes, as plain readdir would: the kernel's own lookup then meets the error.
+        e = {};
+        e.attr.st_mode = DTTOIF(de->d_type);
+        e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
+        added = out.add_plus(de->d_name, e, de->d_off);
       }
     }
     if (!added) break;

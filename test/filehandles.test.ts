@@ -612,3 +612,32 @@ test('a name replaced behind the mount by a file that reuses the old inode numbe
   t.log(`${reused.length} of 200 new files got the replaced one's inode number`);
   t.true(reused.length > 0, 'the filesystem did reuse numbers (else this proves nothing)');
 });
+
+test('a daemon out of descriptors still lists every name: readdirplus drops none', async (t) => {
+  const root = await tmpdir(t);
+  const [data, mnt] = ['data', 'mnt'].map((d) => path.join(root, d));
+  for (const d of [data!, mnt!]) fs.mkdirSync(d);
+  fs.mkdirSync(path.join(data!, 'b'));
+  const names = Array.from({ length: 600 }, (_, i) => `g${i}`);
+  for (const n of names) fs.writeFileSync(path.join(data!, 'b', n), '');
+  // One descriptor per inode under a limit of 100.
+  const child = new MountChild(t, 100, { source: data!, mountpoint: mnt!, fileHandles: 'off' });
+  const ok = await child.next(() => true);
+  t.true(ok.ok, JSON.stringify(ok));
+  // Opened first: the daemon's directory stream needs a descriptor of its own.
+  const dir = await fsp.opendir(path.join(mnt!, 'b'));
+  // Look names up until the descriptors run out: the kernel keeps those, and a lookup of a name
+  // the daemon already answered needs no new descriptor.
+  const known = await run(
+    'sh',
+    ['-c', `cd ${mnt}/b && for i in $(seq 0 599); do stat -c %i g$i >/dev/null || break; done`],
+    60_000,
+  );
+  t.regex(known.stderr, /Too many open files/, 'the daemon ran out of descriptors');
+  // The first getdents of b is a readdirplus: the known names' lookups succeed, the others fail,
+  // interleaved in the directory's order. Those must be listed (without attributes), not dropped
+  // from the listing unseen.
+  const listed: string[] = [];
+  for await (const e of dir) listed.push(e.name);
+  t.deepEqual(listed.sort(), [...names].sort());
+});
