@@ -65,13 +65,11 @@ uint64_t now_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// One request on its way through: who asked, when, what it names, and the reply helpers that
-// record statistics and events. Names and paths an event needs are captured before the reply:
-// afterwards the request's buffer (an io_uring ring entry) may already hold the next request.
 // libfuse cancels its io_uring queue threads at unmount (pthread_cancel, deferred) without
 // waiting for the request they may be serving: the cancellation would strike at the handler's
 // next close() or openat(), unwind through our frames and leave the request half done. Requests
-// are served with cancellation off; a pending one acts in libfuse's loop once the request is done.
+// are served with cancellation off: the thread finishes the request, then leaves libfuse's loop,
+// which sees the session's end.
 struct NoCancel {
   int old = PTHREAD_CANCEL_ENABLE;
   NoCancel() { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old); }
@@ -80,6 +78,9 @@ struct NoCancel {
   NoCancel& operator=(const NoCancel&) = delete;
 };
 
+// One request on its way through: who asked, when, what it names, and the reply helpers that
+// record statistics and events. Names and paths an event needs are captured before the reply:
+// afterwards the request's buffer (an io_uring ring entry) may already hold the next request.
 struct Dispatch {
   NoCancel no_cancel;  // first: in force before anything else the request does, until the end
   Session* s;
