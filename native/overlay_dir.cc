@@ -165,28 +165,23 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
                                                    .entry_timeout = 0},
                                   next)
                    : out.add(e.name.c_str(), st, next);
-    } else if (!session_->policy().empty() &&
-               session_->policy().denied(session_->path_for(ino, e.name.c_str()))) {
-      // A denied entry is listed without attributes: the kernel's own lookup is refused.
-      struct stat st {};
-      st.st_mode = DTTOIF(e.type);
-      st.st_ino = e.ino;  // an entry with inode number 0 would be skipped by readdir(3)
-      fuse_entry_param fe{};
-      fe.attr = st;
-      added = out.add_plus(e.name.c_str(), fe, next);
     } else {
+      // A denied entry (the kernel's own lookup is then refused) and one whose lookup failed
+      // other than by being gone since the snapshot (the kernel's lookup then meets the error)
+      // are listed without attributes, as plain readdir lists them; a gone one is skipped.
       fuse_entry_param fe{};
-      if (int err = do_lookup(dir, e.name.c_str(), &fe)) {
-        if (err == ENOENT) continue;  // gone since the snapshot
-        // Any other failure is listed without attributes, as plain readdir would: the kernel's
-        // own lookup then meets the error (it used to drop the entry from the listing unseen).
-        fe = {};
-        fe.attr.st_mode = DTTOIF(e.type);
-        fe.attr.st_ino = e.ino;
-        added = out.add_plus(e.name.c_str(), fe, next);
-      } else {
+      const bool denied = !session_->policy().empty() &&
+                          session_->policy().denied(session_->path_for(ino, e.name.c_str()));
+      int err = denied ? -1 : do_lookup(dir, e.name.c_str(), &fe);
+      if (err == ENOENT) continue;
+      if (err == 0) {
         added = out.add_plus(e.name.c_str(), fe, next);
         if (!added) forget(fe.ino, 1);
+      } else {
+        fe = {};
+        fe.attr.st_ino = e.ino;  // an entry with inode number 0 would be skipped by readdir(3)
+        fe.attr.st_mode = DTTOIF(e.type);
+        added = out.add_plus(e.name.c_str(), fe, next);
       }
     }
     if (!added) break;

@@ -706,30 +706,22 @@ int PassthroughFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_fil
       st.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
       st.st_mode = DTTOIF(de->d_type);
       added = out.add(de->d_name, st, de->d_off);
-    } else if (is_dot_or_dotdot(de->d_name)) {
-      fuse_entry_param e{};
-      e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
-      e.attr.st_mode = DTTOIF(de->d_type);
-      added = out.add_plus(de->d_name, e, de->d_off);
-    } else if (!session_->policy().empty() &&
-               session_->policy().denied(session_->path_for(ino, de->d_name))) {
-      // A denied entry is listed without attributes: the kernel's own lookup is refused.
-      fuse_entry_param e{};
-      e.attr.st_mode = DTTOIF(de->d_type);
-      e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
-      added = out.add_plus(de->d_name, e, de->d_off);
     } else {
+      // Dots, a denied entry (the kernel's own lookup is then refused) and one whose lookup
+      // failed other than by being gone since getdents (the kernel's lookup then meets the error)
+      // are listed without attributes, as plain readdir lists them; a gone one is skipped.
       fuse_entry_param e{};
-      int err = do_lookup(dir, de->d_name, &e);
+      const bool bare = is_dot_or_dotdot(de->d_name) ||
+                        (!session_->policy().empty() &&
+                         session_->policy().denied(session_->path_for(ino, de->d_name)));
+      int err = bare ? -1 : do_lookup(dir, de->d_name, &e);
       if (err == 0) {
         added = out.add_plus(de->d_name, e, de->d_off);
         if (!added) forget(e.ino, 1);
       } else if (err != ENOENT) {
-        // Only an entry removed since getdents is skipped. One that failed otherwise is listed
-        // without attributes, as plain readdir would: the kernel's own lookup then meets the error.
         e = {};
-        e.attr.st_mode = DTTOIF(de->d_type);
         e.attr.st_ino = ino_map_->map(static_cast<dev_t>(dir->key.dev), de->d_ino);
+        e.attr.st_mode = DTTOIF(de->d_type);
         added = out.add_plus(de->d_name, e, de->d_off);
       }
     }
