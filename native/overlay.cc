@@ -420,7 +420,7 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
       f->fd = fd;
       if (!S_ISDIR(st.st_mode)) {
         if (has_upper_ && s.layer == 0) {
-          get_xattr_string(fd, kOvlOrigin, &f->origin);
+          get_origin(s.fd, name, fd, &f->origin);
           // An upper name of a lower hard link copied up through the index: the merged link
           // count is kept in trusted.overlay.nlink, as for the index entry itself.
           std::string nl;

@@ -37,6 +37,17 @@ bool get_xattr_string(int path_fd, const char* name, std::string* out) {
   return true;
 }
 
+bool get_origin(int dirfd, const char* name, int fd, std::string* out) {
+  // Asked on every lookup of an upper non-directory, and most have none: ask by name first (one
+  // component, where the descriptor's /proc entry costs a third of the lookup). Only "none" is
+  // taken from that answer; a value is read again from the descriptor, because the name can have
+  // been replaced since it was opened. That can happen only behind the mount (the kernel holds
+  // the directory against our own changes during a lookup), and then the cost is an inode number
+  // not kept across copy-up, never two objects taken for one.
+  if (sys::getxattr_name(dirfd, name, kOvlOrigin, nullptr, 0) < 0 && errno == ENODATA) return false;
+  return get_xattr_string(fd, kOvlOrigin, out);
+}
+
 int set_xattr_string(int path_fd, const char* name, const std::string& value) {
   return sys::setxattr_fd(path_fd, name, value.data(), value.size(), 0) == 0 ? 0 : errno;
 }

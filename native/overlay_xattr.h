@@ -29,6 +29,8 @@ struct DirXattrs {
 DirXattrs read_dir_xattrs(int path_fd);
 // false when absent
 bool get_xattr_string(int path_fd, const char* name, std::string* out);
+// trusted.overlay.origin of fd, an upper non-directory just opened as `name` in dirfd.
+bool get_origin(int dirfd, const char* name, int fd, std::string* out);
 int set_xattr_string(int path_fd, const char* name, const std::string& value);
 // All names, NUL-separated.
 int list_xattrs(int path_fd, std::string* out);

@@ -33,6 +33,10 @@ int fchmod_path(int fd, mode_t mode, bool is_symlink);
 
 // Extended attributes of the file an O_PATH descriptor refers to, symlinks included.
 ssize_t getxattr_fd(int fd, const char* name, void* value, size_t size);
+// getxattr of the entry `entry` of dirfd, not following a symlink: one component looked up, for
+// reads where the object may be another than a descriptor opened by that name before (callers
+// say why that is acceptable). ENOSYS on kernels without getxattrat().
+ssize_t getxattr_name(int dirfd, const char* entry, const char* name, void* value, size_t size);
 int setxattr_fd(int fd, const char* name, const void* value, size_t size, int flags);
 ssize_t listxattr_fd(int fd, char* list, size_t size);
 int removexattr_fd(int fd, const char* name);
