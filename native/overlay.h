@@ -266,9 +266,14 @@ class OverlayFs : public Filesystem, public WatchClient {
   struct Entry {
     std::string name;
     unsigned char type;  // DT_*
-    uint64_t ino;        // as getattr reports it
+    uint64_t ino;        // as getattr reports it (with kListInos; else the real entry's)
   };
-  int list_merged(const RealState& dir, std::vector<Entry>* out, bool stop_at_first = false);
+  enum : unsigned {
+    kListFirst = 1,   // stop at the first visible entry (emptiness checks)
+    kListInos = 2,    // copied-up entries show their origin's number (readdir)
+    kListImpure = 4,  // the upper directory became impure after dir was read
+  };
+  int list_merged(const RealState& dir, std::vector<Entry>* out, unsigned flags = 0);
 
  private:
   explicit OverlayFs(const MountConfig& cfg) : cfg_(cfg) {}

@@ -15,6 +15,7 @@
 
 #include "overlay.h"
 #include "overlay_xattr.h"
+#include "sys.h"
 
 namespace fusekit {
 
@@ -38,7 +39,9 @@ OvDirHandle* odh(fuse_file_info* fi) { return reinterpret_cast<OvDirHandle*>(fi-
 
 }  // namespace
 
-int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, bool stop_at_first) {
+int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, unsigned flags) {
+  const bool stop_at_first = flags & kListFirst;
+  const bool impure = dir.impure || (flags & kListImpure);
   struct Src {
     int layer;
     int fd;
@@ -88,15 +91,25 @@ int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, bool s
         }
         decided.insert(name);
         uint64_t ino = ino_map_->map(dev, de->d_ino);
-        if (upper && (dir.impure || type == DT_DIR)) {
-          // A copied-up entry shows its origin's inode number, as getattr does.
-          int efd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if ((flags & kListInos) && upper && (impure || type == DT_DIR)) {
+          // A copied-up entry shows its origin's inode number, as getattr does. Read by name
+          // (one lookup in a directory being listed, instead of an open, a read through /proc
+          // and a close): what is listed is the name's object at this moment anyway.
+          char v[256];
+          ssize_t n = sys::getxattr_name(dfd, name, kOvlOrigin, v, sizeof v);
           std::string origin;
+          if (n >= 0) {
+            origin.assign(v, static_cast<size_t>(n));
+          } else if (errno == ENOSYS || errno == ERANGE) {
+            int efd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+            if (efd >= 0) {
+              get_xattr_string(efd, kOvlOrigin, &origin);
+              close(efd);
+            }
+          }
           InodeKey k;
-          if (efd >= 0 && get_xattr_string(efd, kOvlOrigin, &origin) &&
-              decode_origin(origin, &k, nullptr))
+          if (!origin.empty() && decode_origin(origin, &k, nullptr))
             ino = ino_map_->map(static_cast<dev_t>(k.dev), k.ino);
-          if (efd >= 0) close(efd);
         }
         out->push_back({name, type, ino});
         if (stop_at_first) {
@@ -145,7 +158,9 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
     uint64_t pino = ino_map_->map(static_cast<dev_t>(parent->key.dev), parent->key.ino);
     (void)pst;
     entries.push_back({"..", DT_DIR, pino});
-    if (int err = list_merged(*s, &entries)) return err;
+    // A copy-up since the directory's state was read makes it impure without a new state.
+    const unsigned lf = kListInos | (dir->impure.load() ? kListImpure : 0);
+    if (int err = list_merged(*s, &entries, lf)) return err;
     h->entries = std::move(entries);
     h->served = false;
   }

@@ -391,7 +391,7 @@ int OverlayFs::rmdir(Request&, fuse_ino_t parent, const char* name) {
     probe.lowers = std::move(f.lowers);
     f.lowers.clear();
     std::vector<Entry> entries;
-    int lerr = list_merged(probe, &entries, true);
+    int lerr = list_merged(probe, &entries, kListFirst);
     f.lowers = std::move(probe.lowers);
     probe.lowers.clear();
     probe.fd = -1;
@@ -463,7 +463,7 @@ int OverlayFs::rename(Request&, fuse_ino_t parent, const char* name, fuse_ino_t 
     if (!src_dir && dst_dir) err = EISDIR;
     if (!err && dst_dir) {
       std::vector<Entry> entries;
-      err = list_merged(*dst->state(), &entries, true);
+      err = list_merged(*dst->state(), &entries, kListFirst);
       if (!err && !entries.empty()) err = ENOTEMPTY;
     }
     if (err) {

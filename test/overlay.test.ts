@@ -351,6 +351,33 @@ test('st_ino is kept across copy-up, rename and remount, and unique within the m
   t.is(new Set([...all.values()].map((o) => o.ino)).size, all.size);
 });
 
+test('readdir d_ino is st_ino for copied-up entries, in plain readdir chunks as in readdirplus', async (t) => {
+  const e = await dirs(t);
+  const l = e.lower[0]!;
+  mkdirs(path.join(l, 'd'));
+  // Enough entries for several READDIR requests: after the first, the kernel asks for plain
+  // entries (readdirplus 'auto'), whose d_ino the daemon computes from the listing itself.
+  const names = Array.from({ length: 400 }, (_, i) => `entry-with-a-longer-name-${i}`);
+  for (const [i, n] of names.entries()) {
+    if (i % 2) mkdirs(path.join(l, 'd', n));
+    else fs.writeFileSync(path.join(l, 'd', n), n);
+  }
+  await mountRw(t, e);
+  // Copy every entry up (chmod): each gets its origin, and shows its lower inode number.
+  for (const n of names) fs.chmodSync(m(e, `d/${n}`), 0o700);
+  const want = new Map(
+    names.map((n) => [n, fs.lstatSync(path.join(l, 'd', n), { bigint: true }).ino]),
+  );
+  for (const n of names)
+    t.is(fs.lstatSync(m(e, `d/${n}`), { bigint: true }).ino, want.get(n) ?? -1n, n);
+  const listed = (await e.s.ok('readdir', m(e, 'd'))).entries as [string, string, number][];
+  t.is(listed.length, names.length + 2);
+  for (const [name, dino] of listed) {
+    if (name === '.' || name === '..') continue;
+    t.is(BigInt(dino), want.get(name) ?? -1n, name);
+  }
+});
+
 test('lower hard links share one inode before and after a copy-up, with the right nlink, also after remount', async (t) => {
   const e = await dirs(t);
   const l = e.lower[0]!;
