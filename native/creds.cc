@@ -90,10 +90,12 @@ CallerCreds::~CallerCreds() {
   if (umask_set_) ::umask(t_umask);
 }
 
-bool has_cap_sys_admin() {
+bool has_cap(int cap) {
   __user_cap_data_struct d[2]{};
   if (capget_raw(d) != 0) return false;
-  return d[CAP_SYS_ADMIN / 32].effective & (1u << (CAP_SYS_ADMIN % 32));
+  return d[cap / 32].effective & (1u << (cap % 32));
 }
+
+bool has_cap_sys_admin() { return has_cap(CAP_SYS_ADMIN); }
 
 }  // namespace fusekit

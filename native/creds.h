@@ -38,5 +38,6 @@ class CallerCreds {
 
 // True when the process can register passthrough backing files (CAP_SYS_ADMIN).
 bool has_cap_sys_admin();
+bool has_cap(int cap);  // in the calling thread's effective set
 
 }  // namespace fusekit

@@ -2,11 +2,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -18,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <set>
@@ -981,9 +984,35 @@ void Session::on_init(fuse_conn_info* conn) {
                  fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
   if (!passthrough_) fuse_unset_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
   fs_->init(this, conn);
+  tune_splice_read(conn);  // after the filesystem chose its max_write
   std::lock_guard<std::mutex> g(m_);
   init_done_ = true;
   cv_.notify_all();
+}
+
+// How requests are read from /dev/fuse (the /dev/fuse transport, and io_uring's forgets).
+// libfuse splices each one through a pipe of its buffer's size (max_write plus a page) and then
+// reads it from the pipe: a system call more than read() for the sake of WRITE payloads, which with
+// passthrough never reach the daemon, so with passthrough requests are simply read. Without it the
+// splice stays, but a pipe larger than /proc/sys/fs/pipe-max-size (1 MiB, where libfuse's default
+// buffer is 1 MiB and a page) needs CAP_SYS_RESOURCE, which containers and sandboxes often drop;
+// libfuse 3.18 then throws the pipe away and builds a new one for every request (pipe2, fcntl,
+// reading pipe-max-size, three closes). There the buffer is kept within the limit. Together: a
+// cold stat over /dev/fuse pinned to one CPU 0.73 -> 0.49 s for 10k files, unlink 1.3 -> 0.7 s.
+void Session::tune_splice_read(fuse_conn_info* conn) {
+  if (passthrough_) {
+    fuse_unset_feature_flag(conn, FUSE_CAP_SPLICE_READ);
+    return;
+  }
+  if (has_cap(CAP_SYS_RESOURCE)) return;
+  const long page = sysconf(_SC_PAGESIZE);
+  const long max = atol(sys::read_text("/proc/sys/fs/pipe-max-size").c_str());
+  if (max - page >= 128 * 1024) {
+    conn->max_write = std::min<unsigned>(conn->max_write, static_cast<unsigned>(max - page));
+  } else {
+    // A pipe too small for useful writes: read requests into memory instead.
+    fuse_unset_feature_flag(conn, FUSE_CAP_SPLICE_READ);
+  }
 }
 
 void Session::on_destroy() { fs_->destroy(); }

@@ -91,6 +91,7 @@ class Session {
   std::string path_for(fuse_ino_t ino, const char* name);
 
  private:
+  void tune_splice_read(fuse_conn_info* conn);  // see session.cc
   void loop();
   void teardown();
   bool wait_closed_for(std::chrono::milliseconds timeout);

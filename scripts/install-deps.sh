@@ -8,8 +8,8 @@ pkgs=(
   dpkg-dev meson ninja-build pkg-config gcc g++ make autoconf automake libtool liburing-dev libnuma-dev
   # the addon (node-gyp) and the tests' C helpers
   python3
-  # tests: fusermount3 (unmount as podman does), setfacl, setfattr, tar, flock, setpriv
-  fuse3 acl attr tar util-linux kmod
+  # tests: fusermount3 (unmount as podman does), setfacl, setfattr, tar, flock, setpriv, strace
+  fuse3 acl attr tar util-linux kmod strace
   # test/podman-real.test.ts: podman (with crun) running containers on fusekit-overlay
   podman crun busybox-static
   # npm run lint / npm run format (scripts/check-format.sh)

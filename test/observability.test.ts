@@ -2,16 +2,16 @@
 // by data path, inodes and their memory), the Prometheus/OpenMetrics rendering, and the opt-in
 // event stream (fields, filters, sampling, and what happens when nobody reads it).
 import test, { type ExecutionContext } from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { type FsEvent, type Mount, type MountOptions, type MountStats } from '../lib';
 import { renderMetrics } from '../lib/metrics';
-import { mountFixture } from './helpers/fixture';
+import { mountFixture, tmpdir } from './helpers/fixture';
 import { parseExposition, sampleValue } from './helpers/obs-prom';
 import { bucketSum, count, dropCaches, errnoCount, eventually, sleep } from './helpers/obs-util';
-import { pattern } from './helpers/proc-util';
+import { nodeArgv, pattern, spawnChild } from './helpers/proc-util';
 
 const MiB = 1 << 20;
 
@@ -192,6 +192,70 @@ test('io_uring: the forgets of unlinked files arrive in batches, and every one i
   t.true(forgets > 0 && forgets <= N / 4, `${N} inodes forgotten in ${forgets} requests`);
   t.deepEqual(fs.readdirSync(path.join(mnt, 'many')), []);
 });
+
+// ---- reading requests from /dev/fuse
+
+for (const passthrough of ['on', 'off'] as const) {
+  test(`/dev/fuse: requests are read without a new pipe for each, also without CAP_SYS_RESOURCE (passthrough ${passthrough})`, async (t) => {
+    const root = await tmpdir(t);
+    const [src, mnt] = [path.join(root, 'src'), path.join(root, 'mnt')];
+    fs.mkdirSync(src);
+    fs.mkdirSync(mnt);
+    // Many containers drop CAP_SYS_RESOURCE; without it no pipe grows past pipe-max-size, and
+    // libfuse built a new pipe for every request when its buffer needed a larger one.
+    const spec = {
+      options: { source: src, mountpoint: mnt, transport: 'dev', passthrough },
+      mode: 'hold',
+    };
+    const child = spawnChild(
+      t,
+      [
+        'setpriv',
+        '--inh-caps=-all',
+        '--ambient-caps=-all',
+        '--bounding-set=-sys_resource',
+        ...nodeArgv('test/helpers/child-mount.ts', JSON.stringify(spec)),
+      ],
+      { mountpoints: [mnt] },
+    );
+    const msg = await child.message((m) => 'ok' in m);
+    t.true(msg.ok, JSON.stringify(msg));
+    const pid = child.proc.pid!;
+    const status = (): string => fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const capEff = BigInt(`0x${/CapEff:\s*([0-9a-f]+)/.exec(status())![1]}`);
+    t.is((capEff >> 24n) & 1n, 0n, 'the daemon runs without CAP_SYS_RESOURCE');
+    const log = path.join(root, 'strace.log');
+    const tracer = spawn(
+      'strace',
+      ['-f', '-qq', '-e', 'trace=pipe2', '-o', log, '-p', String(pid)],
+      {
+        stdio: 'ignore',
+      },
+    );
+    const traced = new Promise((r) => tracer.on('close', r));
+    t.teardown(() => tracer.kill('SIGKILL'));
+    await eventually(
+      () => /TracerPid:\s*(\d+)/.exec(status())![1],
+      (v) => v !== '0',
+    );
+    await sleep(500); // strace attaches to the other threads after the first
+    const N = 300;
+    for (let i = 0; i < N; i++) t.false(fs.existsSync(path.join(mnt, `missing-${i}`))); // a LOOKUP each
+    fs.writeFileSync(path.join(mnt, 'f'), Buffer.alloc(3 * MiB, 7)); // writes, through the daemon with passthrough off
+    t.deepEqual(fs.readFileSync(path.join(src, 'f')), Buffer.alloc(3 * MiB, 7));
+    tracer.kill('SIGINT');
+    await traced;
+    const pipes = fs
+      .readFileSync(log, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('pipe2(')).length;
+    t.log(`${pipes} pipes made for ${N} lookups`);
+    // One per reading thread at most; before, one per request (over 300).
+    t.true(pipes <= 16, `${pipes} pipes made for ${N} lookups`);
+    child.send('unmount');
+    await child.exited;
+  });
+}
 
 // ---- metrics text
 
