@@ -78,7 +78,7 @@ struct RealState {
   std::vector<RealDir> lowers;  // directories merged below the top one, top first
   std::string lower_path;       // where the lower parts live, from the root ("/a/b")
   // File-handle mode: fd's handle; handled when every descriptor (fd and lowers) has one, so
-  // the cache may close them.
+  // the cache may close them (taken when the cache first evicts the state).
   std::string handle;
   bool handled = false;
   bool pinned = false;  // keeps its descriptors (an O_TMPFILE, which linkat names later)
@@ -87,10 +87,10 @@ struct RealState {
 
 class OvInode;
 
-// File-handle mode's descriptor cache: a clock over the inodes whose current state holds open,
-// handled descriptors; at most `capacity` descriptors stay open (apart from states readers hold
-// at that moment, and those without handles). Lock order: the cache's lock, then an inode's
-// state_m; nothing takes the cache's lock while holding a state_m.
+// File-handle mode's descriptor cache: a clock over the inodes whose current state holds open
+// descriptors; at most `capacity` descriptors stay open (apart from states readers hold at that
+// moment, pinned ones and those whose handles cannot be taken). Lock order: the cache's lock, then
+// an inode's state_m; nothing takes the cache's lock while holding a state_m.
 class OvFdCache {
  public:
   struct Mount {
@@ -101,7 +101,7 @@ class OvFdCache {
   size_t capacity() const { return capacity_; }
   size_t open() const { return open_.load(std::memory_order_relaxed); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
-  // Takes the handles of a state not yet published (sets handled when all are taken).
+  // Takes the handles of a state nobody else reads (sets handled when all are taken).
   void prepare(RealState& s) const;
   // Opens an evicted state's descriptors again from its handles; false (errno) when an object
   // is gone (ESTALE) or cannot be opened.
@@ -133,9 +133,9 @@ struct OvInode : Inode {
   // them; an object that is gone gives a state with fd -1, and marks the inode stale).
   std::shared_ptr<const RealState> state() {
     std::unique_lock<std::mutex> g(state_m);
-    if (!cache || !state_ || !state_->handled) return state_;
+    if (!cache || !state_) return state_;
     referenced = true;
-    if (state_->fd >= 0) return state_;
+    if (state_->fd >= 0 || !state_->handled) return state_;
     return reopen_state(g);
   }
   // File-handle mode: whether the cache closed the current state's descriptors and s (not yet
@@ -147,7 +147,7 @@ struct OvInode : Inode {
            state_->layer == s.layer && state_->in_upper == s.in_upper &&
            state_->lowers.size() == s.lowers.size();
   }
-  // Publishes a new state (file-handle mode: takes its handles first; it must not be shared yet).
+  // Publishes a new state (it must not be shared yet).
   void set_state(std::shared_ptr<const RealState> s);
 
   mutable std::mutex state_m;

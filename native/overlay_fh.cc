@@ -1,6 +1,6 @@
-// Overlay file-handle mode: merged objects keep kernel file handles of their real objects, and
-// only a bounded cache of descriptors stays open, so a tree of millions of files needs no
-// descriptor per known inode.
+// Overlay file-handle mode: only a bounded cache of descriptors stays open, and the merged
+// objects it evicts keep kernel file handles of their real objects instead, so a tree of millions
+// of files needs no descriptor per known inode.
 //
 // A RealState is immutable once published, and readers use its descriptors for as long as they
 // hold it. The cache closes a state's descriptors only while its inode is the state's sole holder
@@ -115,8 +115,8 @@ void OvFdCache::insert(OvInode* in) {
     }
     std::lock_guard<std::mutex> vg(v->state_m);
     const RealState* s = v->state_.get();
-    if (!s || !s->handled || s->fd < 0 || v->cached_fds == 0) {
-      // Nothing of it to close (a state without handles replaced the cached one).
+    if (!s || s->pinned || s->fd < 0 || v->cached_fds == 0) {
+      // Nothing of it to close (a pinned state replaced the cached one).
       open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
       v->cached_fds = 0;
       unlink_at(hand_);
@@ -132,6 +132,17 @@ void OvFdCache::insert(OvInode* in) {
     }
     std::atomic_thread_fence(std::memory_order_acquire);  // past readers' uses happen before
     auto* w = const_cast<RealState*>(s);
+    // Handles are taken only now: while a descriptor is open its object cannot be freed and its
+    // inode number reused, so most inodes (never evicted) never need one. Sole holder under
+    // state_m: nobody reads the state while it changes.
+    if (!w->handled) prepare(*w);
+    if (!w->handled) {
+      // Not every descriptor has a handle (another mount inside a layer): it keeps them.
+      open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
+      v->cached_fds = 0;
+      unlink_at(hand_);
+      continue;
+    }
     close(w->fd);
     w->fd = -1;
     for (auto& d : w->lowers) {
@@ -159,10 +170,6 @@ OvInode::~OvInode() {
 }
 
 void OvInode::set_state(std::shared_ptr<const RealState> s) {
-  if (cache && s && !s->handled && !s->pinned && s->fd >= 0) {
-    // Not published yet: nobody else reads it.
-    cache->prepare(const_cast<RealState&>(*s));
-  }
   std::shared_ptr<const RealState> old;
   bool counted = false;
   {
@@ -170,7 +177,7 @@ void OvInode::set_state(std::shared_ptr<const RealState> s) {
     old = std::move(state_);
     state_ = std::move(s);
     if (cache) {
-      size_t n = state_ && state_->handled && state_->fd >= 0 ? state_->nfds() : 0;
+      size_t n = state_ && !state_->pinned && state_->fd >= 0 ? state_->nfds() : 0;
       cache->add(static_cast<int64_t>(n) - static_cast<int64_t>(cached_fds));
       cached_fds = n;
       counted = n > 0;
