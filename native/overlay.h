@@ -116,6 +116,8 @@ class OvFdCache {
   bool take(int layer, int fd, std::string* out) const;
   int open_handle(int layer, const std::string& h) const;
   void unlink_at(size_t pos);
+  // unlink_at, and its inode's descriptors no longer counted.
+  void drop_at(size_t pos);
 
   std::vector<Mount> mounts_;  // by layer index
   size_t capacity_;

@@ -101,6 +101,13 @@ void OvFdCache::unlink_at(size_t pos) {
   v->ring_pos = -1;  // after the move: v may have been the last entry
 }
 
+void OvFdCache::drop_at(size_t pos) {
+  OvInode* v = ring_[pos];
+  open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
+  v->cached_fds = 0;
+  unlink_at(pos);
+}
+
 void OvFdCache::insert(OvInode* in) {
   std::lock_guard<std::mutex> g(m_);
   // Clock sweep: close the descriptors of states nobody holds now and nobody used since the hand
@@ -116,10 +123,7 @@ void OvFdCache::insert(OvInode* in) {
     std::lock_guard<std::mutex> vg(v->state_m);
     const RealState* s = v->state_.get();
     if (!s || s->pinned || s->fd < 0 || v->cached_fds == 0) {
-      // Nothing of it to close (a pinned state replaced the cached one).
-      open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
-      v->cached_fds = 0;
-      unlink_at(hand_);
+      drop_at(hand_);  // nothing of it to close (a pinned state replaced the cached one)
       continue;
     }
     // Sole holder: every other holder got it from state() under state_m, which we hold, so no
@@ -132,15 +136,14 @@ void OvFdCache::insert(OvInode* in) {
     }
     std::atomic_thread_fence(std::memory_order_acquire);  // past readers' uses happen before
     auto* w = const_cast<RealState*>(s);
-    // Handles are taken only now: while a descriptor is open its object cannot be freed and its
-    // inode number reused, so most inodes (never evicted) never need one. Sole holder under
-    // state_m: nobody reads the state while it changes.
+    // Handles are taken only now (a syscall per descriptor, under the cache's lock like the
+    // closes): while a descriptor is open its object cannot be freed nor its inode number reused,
+    // so inodes never evicted never need one. Sole holder under state_m: nobody reads the state
+    // while it changes. Without a handle for every descriptor (another mount inside a layer) the
+    // state keeps them all.
     if (!w->handled) prepare(*w);
     if (!w->handled) {
-      // Not every descriptor has a handle (another mount inside a layer): it keeps them.
-      open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
-      v->cached_fds = 0;
-      unlink_at(hand_);
+      drop_at(hand_);
       continue;
     }
     close(w->fd);
@@ -149,9 +152,7 @@ void OvFdCache::insert(OvInode* in) {
       if (d.fd >= 0) close(d.fd);
       d.fd = -1;
     }
-    open_.fetch_sub(v->cached_fds, std::memory_order_relaxed);
-    v->cached_fds = 0;
-    unlink_at(hand_);
+    drop_at(hand_);
   }
   if (in->ring_pos >= 0) return;
   in->ring_pos = static_cast<int64_t>(ring_.size());
