@@ -243,8 +243,11 @@ export function mountOptions(p: Parsed): MountOptions {
   return o;
 }
 
-/** --metrics-port: a Prometheus scrape endpoint on loopback (control plane, not the request path). */
-function serveMetrics(m: Mount, port: number): http.Server {
+/**
+ * --metrics-port: a Prometheus scrape endpoint on loopback (control plane, not the request path).
+ * Resolves once it listens, so the banner (or the --background answer) means it can be scraped.
+ */
+async function serveMetrics(m: Mount, port: number): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     if (req.url !== '/metrics') {
       res.writeHead(404).end();
@@ -254,7 +257,13 @@ function serveMetrics(m: Mount, port: number): http.Server {
     res.writeHead(200, { 'content-type': metricsContentType(open) });
     res.end(renderMetrics({ mountpoint: m.mountpoint, stats: m.stats() }, { openMetrics: open }));
   });
-  server.listen(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
   server.unref();
   void m.closed.then(() => server.close());
   return server;
@@ -265,7 +274,15 @@ async function runMount(p: Parsed): Promise<number> {
   const metricsPort = intFlag(p, 'metrics-port');
   if (p.background && !p.daemonChild) return spawnDaemon(process.argv.slice(2));
   const m = await mount(options);
-  if (metricsPort !== undefined) serveMetrics(m, metricsPort);
+  if (metricsPort !== undefined) {
+    try {
+      await serveMetrics(m, metricsPort);
+    } catch (e) {
+      // A port already taken is the user's to fix; leave nothing mounted behind the error.
+      await m.unmount().catch(() => m.unmount({ lazy: true }));
+      throw FusekitError.from(e, `--metrics-port ${metricsPort}: ${(e as Error).message}`);
+    }
+  }
   const mountpoint = m.mountpoint;
   const source = options.source ?? `overlay of ${options.overlay!.lower.join(':')}`;
   const stop = (): void => {

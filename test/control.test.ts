@@ -313,6 +313,32 @@ test('--metrics-port serves the Prometheus and OpenMetrics renderings of the liv
   await t.throwsAsync(get(port, '/metrics'));
 });
 
+test('--metrics-port on a port already taken fails with EADDRINUSE and leaves nothing mounted', async (t) => {
+  const l = await layout(t);
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  t.teardown(() => taken.close());
+  const port = (taken.address() as net.AddressInfo).port;
+  const before = fs.readdirSync(l.src);
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'lib/cli.ts', 'mount', l.src, l.mnt, '--metrics-port', String(port)],
+    { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  t.teardown(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await within(
+    'mount exit',
+    new Promise<number | null>((r) => child.on('close', (c) => r(c))),
+  );
+  t.is(code, 1, stderr);
+  t.regex(stderr, new RegExp(`--metrics-port ${port}: .*EADDRINUSE`));
+  t.false(stderr.includes('mounted at'), stderr);
+  t.false(isMounted(l.mnt));
+  t.deepEqual(fs.readdirSync(l.src), before);
+});
+
 // ---- the socket's life, across processes and with stand-in mounts
 
 /** A stand-in for a Mount: serveControl needs only this. */
