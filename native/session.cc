@@ -984,6 +984,13 @@ void Session::on_init(fuse_conn_info* conn) {
                  fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
   if (!passthrough_) fuse_unset_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
   fs_->init(this, conn);
+  // Requests that come over io_uring cannot be interrupted: libfuse 3.18 never lists them where
+  // FUSE_INTERRUPT is matched, so every interrupt the kernel sends for one (a signal to a caller
+  // waiting on the mount) is parked in the session for good and leaked at its end. With the ring,
+  // interrupts are turned off: the first is answered ENOSYS and the kernel sends no more.
+  if (uring_requested_ && (conn->capable_ext & FUSE_CAP_OVER_IO_URING) &&
+      fuse_get_feature_flag(conn, FUSE_CAP_OVER_IO_URING))
+    conn->no_interrupt = 1;
   tune_splice_read(conn);  // after the filesystem chose its max_write
   std::lock_guard<std::mutex> g(m_);
   init_done_ = true;

@@ -27,6 +27,7 @@ default_tests=(
   test/overlay.test.ts
   test/concurrency.test.ts
   test/lifecycle.test.ts
+  test/locks.test.ts
 )
 # Test files --all leaves out, and why.
 declare -A skip_all=(
