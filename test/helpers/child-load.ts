@@ -8,8 +8,18 @@ import { pattern } from './proc-util';
 
 const spec = JSON.parse(process.argv[2]!) as Record<string, unknown> & { mode: string };
 
+// stdout is a pipe that Node may have made non-blocking: a parent slow to drain it (under a
+// sanitizer, say) gets EAGAIN, which means wait and write the rest, not fail.
 function print(o: Record<string, unknown>): void {
-  fs.writeSync(1, JSON.stringify(o) + '\n');
+  const buf = Buffer.from(JSON.stringify(o) + '\n');
+  for (let off = 0; off < buf.length;) {
+    try {
+      off += fs.writeSync(1, buf, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+  }
 }
 
 function code(e: unknown): string {
