@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/io_uring.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -818,6 +819,19 @@ void Session::set_on_closed(std::function<void()> fn) {
   fn();  // ended before anyone listened
 }
 
+namespace {
+
+// 0 if this process may create an io_uring, else the errno that refuses it.
+int io_uring_refused() {
+  io_uring_params p{};
+  int fd = static_cast<int>(syscall(__NR_io_uring_setup, 1, &p));
+  if (fd < 0) return errno;
+  close(fd);
+  return 0;
+}
+
+}  // namespace
+
 bool Session::start(Error* err) {
   install_log();
   const std::string uring = sys::read_text("/sys/module/fuse/parameters/enable_uring");
@@ -828,7 +842,17 @@ bool Session::start(Error* err) {
             "/sys/module/fuse/parameters/enable_uring is not Y (as root: echo Y > that file)"};
     return false;
   }
-  uring_requested_ = cfg_.transport != Transport::Dev && uring_on;
+  // io_uring itself may be refused to this process (kernel.io_uring_disabled, or a seccomp filter
+  // such as Docker's default profile). libfuse would find out only after INIT and fall back
+  // silently; knowing it now, 'auto' takes /dev/fuse with everything that goes with it.
+  int ring_err = uring_on && cfg_.transport != Transport::Dev ? io_uring_refused() : 0;
+  if (cfg_.transport == Transport::IoUring && ring_err) {
+    *err = {ring_err,
+            std::string("transport 'io_uring': this process may not create an io_uring (") +
+                strerror(ring_err) + "; kernel.io_uring_disabled or a seccomp filter refuses it)"};
+    return false;
+  }
+  uring_requested_ = cfg_.transport != Transport::Dev && uring_on && !ring_err;
   if (cfg_.passthrough == PassthroughMode::On && !has_cap_sys_admin()) {
     *err = {EPERM,
             "passthrough 'on' needs CAP_SYS_ADMIN in the initial user namespace (run as root), "
@@ -987,7 +1011,8 @@ void Session::on_init(fuse_conn_info* conn) {
   // Requests that come over io_uring cannot be interrupted: libfuse 3.18 never lists them where
   // FUSE_INTERRUPT is matched, so every interrupt the kernel sends for one (a signal to a caller
   // waiting on the mount) is parked in the session for good and leaked at its end. With the ring,
-  // interrupts are turned off: the first is answered ENOSYS and the kernel sends no more.
+  // interrupts are turned off: the first is answered ENOSYS and the kernel sends no more. (Should
+  // the ring still fail to start after INIT, lock waits over /dev/fuse stay uninterruptible.)
   if (uring_requested_ && (conn->capable_ext & FUSE_CAP_OVER_IO_URING) &&
       fuse_get_feature_flag(conn, FUSE_CAP_OVER_IO_URING))
     conn->no_interrupt = 1;

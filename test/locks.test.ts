@@ -7,8 +7,10 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
 import type { Mount } from '../lib';
-import { mountFixture } from './helpers/fixture';
+import { mountFixture, tmpdir } from './helpers/fixture';
 import * as ops from './helpers/fsops';
+import { toolsPath } from './helpers/idmap-tools';
+import { type JsonChild, nodeArgv, spawnChild } from './helpers/proc-util';
 
 const TRANSPORTS = ['dev', 'io_uring'] as const;
 type Transport = (typeof TRANSPORTS)[number];
@@ -265,3 +267,63 @@ for (const op of ['flock', 'setlk'] as const) {
     t.like(await waiting, { ok: true });
   });
 }
+
+// ---- where io_uring is refused (Docker's default seccomp profile, kernel.io_uring_disabled)
+
+/** A mount served by a child process in which io_uring_setup fails with EPERM. */
+async function noRingMount(
+  t: ExecutionContext,
+  transport: 'auto' | 'io_uring',
+  mode: 'hold' | 'report',
+): Promise<{ child: JsonChild; msg: Record<string, unknown>; mf: string; sf: string }> {
+  const root = await tmpdir(t);
+  const [src, mnt] = [path.join(root, 'src'), path.join(root, 'mnt')];
+  await fsp.mkdir(src);
+  await fsp.mkdir(mnt);
+  await fsp.writeFile(path.join(src, 'f'), Buffer.alloc(4096, 'l'));
+  const spec = { options: { source: src, mountpoint: mnt, transport }, mode };
+  const child = spawnChild(
+    t,
+    [toolsPath(), 'noring', ...nodeArgv('test/helpers/child-mount.ts', JSON.stringify(spec))],
+    { mountpoints: [mnt] },
+  );
+  const msg = await child.message((m) => 'ok' in m);
+  return { child, msg, mf: path.join(mnt, 'f'), sf: path.join(src, 'f') };
+}
+
+test("transport 'auto' where io_uring is refused serves over /dev/fuse, and lock waits there stay interruptible", async (t) => {
+  const { child, msg, mf, sf } = await noRingMount(t, 'auto', 'hold');
+  t.true(msg.ok, JSON.stringify(msg));
+  t.is(msg.transport, 'dev');
+  const setlks = async (): Promise<number> => {
+    const from = child.messages.length;
+    child.send('stats');
+    const r = await child.message((m) => 'stats' in m && child.messages.indexOf(m) >= from);
+    return (r.stats as { ops: Record<string, { count: number }> }).ops.setlk?.count ?? 0;
+  };
+  const [h, fh] = await holder(t, sf);
+  const [w, fw] = await holder(t, mf);
+  t.is(await h.errno('setlk', fh, 'wr', 0, 0), 'OK');
+  const before = await setlks();
+  const waiting = w.call('setlk', fw, 'wr', 0, 0, 'wait');
+  const nr = ops.syscallNumbers().fcntl;
+  // Blocked in the call, and the daemon has taken the request (as blockedInDaemon, across processes).
+  for (let i = 0; !(ops.blockedSyscall(w.pid) === nr && (await setlks()) > before); i++) {
+    if (i === 400) throw new Error(`F_SETLKW of pid ${w.pid} never waited in the daemon`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  w.child.kill('SIGUSR1');
+  t.is((await waiting).errno, 'EINTR');
+  await h.kill('SIGKILL');
+  await w.kill('SIGKILL'); // it holds the file open on the mount
+  child.send('unmount');
+  t.like(await child.message((m) => 'unmounted' in m || 'unmountError' in m), {
+    unmounted: true,
+  });
+});
+
+test("transport 'io_uring' where io_uring is refused fails with EPERM and says why", async (t) => {
+  const { msg } = await noRingMount(t, 'io_uring', 'report');
+  t.like(msg, { ok: false, isFusekitError: true, code: 'EPERM', mounted: false });
+  t.regex(String(msg.message), /io_uring.*(seccomp|io_uring_disabled)/);
+});

@@ -1,5 +1,5 @@
-// Test helper for the idmap, hardening, policy and file-handle tests: the few things the shell and
-// fsops cannot do. Compiled at test time by idmap-tools.ts.
+// Test helper for the idmap, hardening, policy, file-handle and lock tests: the few things the
+// shell and fsops cannot do. Compiled at test time by idmap-tools.ts.
 //
 //   idmap-tools idmapped SRC DST UIDMAP [GIDMAP]
 //       Attaches a kernel idmapped bind mount of SRC at DST (the reference fusekit's idmap must
@@ -12,15 +12,23 @@
 //       daemon's feet); prints {"swaps":n,"errors":e}.
 //   idmap-tools mktree ROOT NDIRS NFILES
 //       ROOT/dNNNN/fNNNN: NDIRS directories of NFILES empty files, two processes in parallel.
+//   idmap-tools noring CMD [ARG...]
+//       Runs CMD under a seccomp filter that fails io_uring_setup with EPERM, as Docker's default
+//       profile and kernel.io_uring_disabled do.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/mount.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -148,12 +156,31 @@ static int cmd_mktree(int argc, char** argv) {
   return 0;
 }
 
+static int cmd_noring(int argc, char** argv) {
+  if (argc < 3) return die("usage: noring CMD [ARG...]");
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+  // Without no_new_privs, which root (CAP_SYS_ADMIN) does not need: it would change nothing here.
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return die("seccomp");
+  execvp(argv[2], argv + 2);
+  return die(argv[2]);
+}
+
 int main(int argc, char** argv) {
-  if (argc < 2) return die("usage: idmap-tools idmapped|euid|exchange|mktree ...");
+  if (argc < 2) return die("usage: idmap-tools idmapped|euid|exchange|mktree|noring ...");
   if (!strcmp(argv[1], "idmapped")) return cmd_idmapped(argc, argv);
   if (!strcmp(argv[1], "euid")) return cmd_euid();
   if (!strcmp(argv[1], "exchange")) return cmd_exchange(argc, argv);
   if (!strcmp(argv[1], "mktree")) return cmd_mktree(argc, argv);
+  if (!strcmp(argv[1], "noring")) return cmd_noring(argc, argv);
   errno = EINVAL;
   return die(argv[1]);
 }
