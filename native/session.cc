@@ -1010,7 +1010,8 @@ void Session::on_init(fuse_conn_info* conn) {
   fs_->init(this, conn);
   // Requests that come over io_uring cannot be interrupted: libfuse 3.18 never lists them where
   // FUSE_INTERRUPT is matched, so every interrupt the kernel sends for one (a signal to a caller
-  // waiting on the mount) is parked in the session for good and leaked at its end. With the ring,
+  // waiting on the mount) is parked in the session until a later /dev/fuse request (a FORGET)
+  // bounces it, and whatever is parked at unmount leaks. With the ring,
   // interrupts are turned off: the first is answered ENOSYS and the kernel sends no more. (Should
   // the ring still fail to start after INIT, lock waits over /dev/fuse stay uninterruptible.)
   if (uring_requested_ && (conn->capable_ext & FUSE_CAP_OVER_IO_URING) &&
