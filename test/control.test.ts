@@ -3,7 +3,7 @@
 // socket's life: where it is, removed at unmount, replacing a stale one, and never removing a
 // socket that is not its own.
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -264,9 +264,12 @@ test('fusekit trace ends cleanly when the mount goes away', async (t) => {
   t.is(err, '');
 });
 
-test('--metrics-port serves the Prometheus and OpenMetrics renderings of the live mount', async (t) => {
-  const l = await layout(t);
-  const port = await freePort();
+/** `fusekit mount SRC MNT --metrics-port PORT` in the foreground, killed in teardown. */
+function metricsMount(
+  t: ExecutionContext,
+  l: Layout,
+  port: number,
+): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
   const child = spawn(
     process.execPath,
     ['--import', 'tsx', 'lib/cli.ts', 'mount', l.src, l.mnt, '--metrics-port', String(port)],
@@ -276,8 +279,18 @@ test('--metrics-port serves the Prometheus and OpenMetrics renderings of the liv
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
-  await waitFor('the mount banner', () => stderr.includes('mounted at') || child.exitCode !== null);
-  t.true(isMounted(l.mnt), stderr);
+  return { child, stderr: () => stderr, exited };
+}
+
+test('--metrics-port serves the Prometheus and OpenMetrics renderings of the live mount', async (t) => {
+  const l = await layout(t);
+  const port = await freePort();
+  const { child, stderr, exited } = metricsMount(t, l, port);
+  await waitFor(
+    'the mount banner',
+    () => stderr().includes('mounted at') || child.exitCode !== null,
+  );
+  t.true(isMounted(l.mnt), stderr());
   fs.writeFileSync(path.join(l.mnt, 'm.txt'), 'm');
   await missing(path.join(l.mnt, 'nope'));
 
@@ -308,7 +321,7 @@ test('--metrics-port serves the Prometheus and OpenMetrics renderings of the liv
   t.is((await get(port, '/other')).status, 404);
 
   child.kill('SIGINT');
-  t.is(await within('mount exit', exited), 0, stderr);
+  t.is(await within('mount exit', exited), 0, stderr());
   t.false(isMounted(l.mnt));
   await t.throwsAsync(get(port, '/metrics'));
 });
@@ -320,21 +333,10 @@ test('--metrics-port on a port already taken fails with EADDRINUSE and leaves no
   t.teardown(() => taken.close());
   const port = (taken.address() as net.AddressInfo).port;
   const before = fs.readdirSync(l.src);
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'lib/cli.ts', 'mount', l.src, l.mnt, '--metrics-port', String(port)],
-    { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  t.teardown(() => child.kill('SIGKILL'));
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await within(
-    'mount exit',
-    new Promise<number | null>((r) => child.on('close', (c) => r(c))),
-  );
-  t.is(code, 1, stderr);
-  t.regex(stderr, new RegExp(`--metrics-port ${port}: .*EADDRINUSE`));
-  t.false(stderr.includes('mounted at'), stderr);
+  const { stderr, exited } = metricsMount(t, l, port);
+  t.is(await within('mount exit', exited), 1, stderr());
+  t.regex(stderr(), new RegExp(`--metrics-port ${port}: .*EADDRINUSE`));
+  t.false(stderr().includes('mounted at'), stderr());
   t.false(isMounted(l.mnt));
   t.deepEqual(fs.readdirSync(l.src), before);
 });

@@ -37,18 +37,18 @@ async function holder(t: ExecutionContext, p: string): Promise<[ops.Server, numb
 }
 
 /** Waits until `s` is blocked in the given system call and the daemon has taken the request (the
- * op counter moved past `before`), so a release or signal hits a real wait. */
+ * op counter, read by `counted`, moved past `before`), so a release or signal hits a real wait. */
 async function blockedInDaemon(
   s: ops.Server,
-  m: Mount,
+  counted: () => number | Promise<number>,
   op: 'flock' | 'setlk',
   before: number,
 ): Promise<void> {
   const nr = ops.syscallNumbers()[op === 'flock' ? 'flock' : 'fcntl'];
-  await ops.until(
-    () => ops.blockedSyscall(s.pid) === nr && (m.stats().ops[op]?.count ?? 0) > before,
-    `${op} of pid ${s.pid} waiting in the daemon`,
-  );
+  for (let i = 0; !(ops.blockedSyscall(s.pid) === nr && (await counted()) > before); i++) {
+    if (i === 2000) throw new Error(`timed out waiting for: ${op} of pid ${s.pid} in the daemon`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 const count = (m: Mount, op: string): number => m.stats().ops[op]?.count ?? 0;
@@ -174,7 +174,7 @@ for (const transport of TRANSPORTS) {
     t.is(await a.errno('flock', fa, 'ex', 'nb'), 'OK');
     let before = count(m, 'flock');
     const waiting = b.call('flock', fb, 'ex');
-    await blockedInDaemon(b, m, 'flock', before);
+    await blockedInDaemon(b, () => count(m, 'flock'), 'flock', before);
     t.is(await a.errno('flock', fa, 'un'), 'OK');
     t.like(await waiting, { ok: true });
     t.is(await a.errno('flock', fa, 'sh', 'nb'), 'EAGAIN', 'the waiter holds it now');
@@ -185,7 +185,7 @@ for (const transport of TRANSPORTS) {
     t.is(await s.errno('setlk', fs, 'wr', 0, 100), 'OK');
     before = count(m, 'setlk');
     const waitingLk = b.call('setlk', fb, 'wr', 50, 100, 'wait');
-    await blockedInDaemon(b, m, 'setlk', before);
+    await blockedInDaemon(b, () => count(m, 'setlk'), 'setlk', before);
     await s.kill('SIGKILL');
     t.like(await waitingLk, { ok: true });
     t.is(await a.errno('setlk', fa, 'rd', 60, 1), 'EAGAIN', 'granted to the waiter');
@@ -197,21 +197,24 @@ for (const transport of TRANSPORTS) {
     before = count(m, 'flock');
     const w1 = b.call('flock', fb, 'sh');
     const w2 = c.call('flock', fc, 'sh');
-    await blockedInDaemon(b, m, 'flock', before);
-    await blockedInDaemon(c, m, 'flock', before + 1);
+    await blockedInDaemon(b, () => count(m, 'flock'), 'flock', before);
+    await blockedInDaemon(c, () => count(m, 'flock'), 'flock', before + 1);
     t.is(await a.errno('flock', fa, 'un'), 'OK');
     t.like(await w1, { ok: true });
     t.like(await w2, { ok: true });
   });
 }
 
-/** A waiter on the mount, blocked in the daemon behind a lock held on the source. */
+/**
+ * A waiter on the mount, blocked in the daemon behind a lock held on the source, then signalled:
+ * EINTR. `counted` reads the daemon's count of an operation (it may run in another process).
+ */
 async function interruptedWait(
   t: ExecutionContext,
-  transport: Transport,
+  f: { mf: string; sf: string; counted: (op: string) => number | Promise<number> },
   op: 'flock' | 'setlk',
 ): Promise<void> {
-  const { m, mf, sf } = await setup(t, transport);
+  const { mf, sf } = f;
   const [holderProc, fh] = await holder(t, sf);
   const [w, fw] = await holder(t, mf);
   t.is(
@@ -220,13 +223,21 @@ async function interruptedWait(
     ),
     'OK',
   );
-  const before = count(m, op);
+  const before = await f.counted(op);
   const waiting = w.call(
     ...(op === 'flock' ? ['flock', fw, 'ex'] : ['setlk', fw, 'wr', 0, 0, 'wait']),
   );
-  await blockedInDaemon(w, m, op, before);
+  await blockedInDaemon(w, () => f.counted(op), op, before);
   w.child.kill('SIGUSR1');
-  const r = await waiting;
+  // Bounded: were interrupts off, the wait would last as long as the lock is held; then the
+  // holder goes, so that the waiter can end and be cleaned up.
+  let r;
+  try {
+    r = await within(`the interrupted ${op}`, waiting, 20_000);
+  } catch (e) {
+    await holderProc.kill('SIGKILL');
+    throw e;
+  }
   t.is(r.errno, 'EINTR');
   // Nothing was granted behind the caller's back, and the waiter's process is still usable.
   t.is(
@@ -238,12 +249,14 @@ async function interruptedWait(
     await w.errno(...(op === 'flock' ? ['flock', fw, 'ex', 'nb'] : ['setlk', fw, 'wr', 0, 0])),
     'OK',
   );
+  await w.kill('SIGKILL'); // it holds the file open on the mount
 }
 
 for (const op of ['flock', 'setlk'] as const) {
   const name = op === 'flock' ? 'flock' : 'F_SETLKW';
   test(`a blocking ${name} interrupted by a signal returns EINTR [dev]`, async (t) => {
-    await interruptedWait(t, 'dev', op);
+    const { m, mf, sf } = await setup(t, 'dev');
+    await interruptedWait(t, { mf, sf, counted: (o) => count(m, o) }, op);
   });
 
   // libfuse 3.18 does not deliver FUSE_INTERRUPT for requests that came over io_uring (see
@@ -261,7 +274,7 @@ for (const op of ['flock', 'setlk'] as const) {
     const waiting = w.call(
       ...(op === 'flock' ? ['flock', fw, 'ex'] : ['setlk', fw, 'wr', 0, 0, 'wait']),
     );
-    await blockedInDaemon(w, m, op, before);
+    await blockedInDaemon(w, () => count(m, op), op, before);
     w.child.kill('SIGUSR1');
     await h.kill('SIGKILL');
     t.like(await waiting, { ok: true });
@@ -295,32 +308,13 @@ test("transport 'auto' where io_uring is refused serves over /dev/fuse, and lock
   const { child, msg, mf, sf } = await noRingMount(t, 'auto', 'hold');
   t.true(msg.ok, JSON.stringify(msg));
   t.is(msg.transport, 'dev');
-  const setlks = async (): Promise<number> => {
+  const counted = async (op: string): Promise<number> => {
     const from = child.messages.length;
     child.send('stats');
     const r = await child.message((m) => 'stats' in m && child.messages.indexOf(m) >= from);
-    return (r.stats as { ops: Record<string, { count: number }> }).ops.setlk?.count ?? 0;
+    return (r.stats as { ops: Record<string, { count: number }> }).ops[op]?.count ?? 0;
   };
-  const [h, fh] = await holder(t, sf);
-  const [w, fw] = await holder(t, mf);
-  t.is(await h.errno('setlk', fh, 'wr', 0, 0), 'OK');
-  const before = await setlks();
-  const waiting = w.call('setlk', fw, 'wr', 0, 0, 'wait');
-  const nr = ops.syscallNumbers().fcntl;
-  // Blocked in the call, and the daemon has taken the request (as blockedInDaemon, across processes).
-  for (let i = 0; !(ops.blockedSyscall(w.pid) === nr && (await setlks()) > before); i++) {
-    if (i === 400) throw new Error(`F_SETLKW of pid ${w.pid} never waited in the daemon`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  w.child.kill('SIGUSR1');
-  // Bounded: were interrupts off, the wait would last as long as the lock is held; the holder
-  // goes in any case, so that the waiter can end and be cleaned up.
-  try {
-    t.is((await within('the interrupted F_SETLKW', waiting, 20_000)).errno, 'EINTR');
-  } finally {
-    await h.kill('SIGKILL');
-  }
-  await w.kill('SIGKILL'); // it holds the file open on the mount
+  await interruptedWait(t, { mf, sf, counted }, 'setlk');
   child.send('unmount');
   t.like(await child.message((m) => 'unmounted' in m || 'unmountError' in m), {
     unmounted: true,
