@@ -62,7 +62,11 @@ export interface MountOptions {
    * holds one O_PATH descriptor per inode (bounded by RLIMIT_NOFILE).
    */
   fileHandles?: 'auto' | 'on' | 'off';
-  /** Descriptors kept open in file-handle mode (default: a quarter of RLIMIT_NOFILE). */
+  /**
+   * Descriptors kept open in file-handle mode. Default, passthrough: RLIMIT_NOFILE less an eighth
+   * (at least 256) kept for open files, at most 65536; when open files need more, the cache gives
+   * descriptors back and stays that much smaller. Overlay: a quarter of RLIMIT_NOFILE.
+   */
   maxFds?: number;
   /** Kernel cache settings; these win over the top-level timeouts. */
   cache?: CacheOptions;

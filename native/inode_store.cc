@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <new>
 
 namespace fusekit {
@@ -80,6 +81,7 @@ InodeStore::~InodeStore() {
 }
 
 void InodeStore::clear() {
+  sys::remove_reclaimer(this);  // before anything goes: a reclaim may be running on another mount
   tearing_down_ = true;
   // Everything but the root goes: no inode may hand its parent reference back into the maps
   // being cleared, and no node id may still resolve to a freed inode.
@@ -120,6 +122,7 @@ void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
   handle_dev_ = dev;
   capacity_ = capacity < 16 ? 16 : capacity;
   ring_.reserve(capacity_);
+  if (handles_) sys::add_reclaimer(this);
 }
 
 namespace {
@@ -145,20 +148,30 @@ bool InodeStore::take_handle(Inode* in) {
 
 int InodeStore::acquire(Inode* in) {
   if (!in->cached.load(std::memory_order_acquire)) return in->fd;
-  {
-    std::lock_guard<std::mutex> g(in->fd_m);
-    if (in->fd >= 0) {
-      in->pins++;
-      in->referenced = true;
-      return in->fd;
+  for (bool retried = false;; retried = true) {
+    {
+      std::lock_guard<std::mutex> g(in->fd_m);
+      if (in->fd >= 0) {
+        in->pins++;
+        in->referenced = true;
+        return in->fd;
+      }
+      // Let go by the cache: open it again from its handle (on the source's private mount).
+      int fd = open_by_handle_at(mount_fd_, reinterpret_cast<struct file_handle*>(in->handle.get()),
+                                 O_PATH | O_CLOEXEC);
+      if (fd >= 0) {
+        in->fd = fd;
+        in->pins = 1;
+        in->referenced = true;
+        break;
+      }
+      if (retried || (errno != EMFILE && errno != ENFILE)) return -1;
     }
-    // Let go by the cache: open it again from its handle (on the source's private mount).
-    int fd = open_by_handle_at(mount_fd_, reinterpret_cast<struct file_handle*>(in->handle.get()),
-                               O_PATH | O_CLOEXEC);
-    if (fd < 0) return -1;
-    in->fd = fd;
-    in->pins = 1;
-    in->referenced = true;
+    // Out of descriptors: the caches give some back (not under fd_m, which a sweep takes).
+    if (!sys::reclaim_fds()) {
+      errno = EMFILE;
+      return -1;
+    }
   }
   reopens_.fetch_add(1, std::memory_order_relaxed);
   fds_open_.fetch_add(1, std::memory_order_relaxed);
@@ -175,9 +188,15 @@ void InodeStore::release(Inode* in) {
 void InodeStore::cache_insert(Inode* in) {
   std::lock_guard<std::mutex> g(cache_m_);
   if (in->ring_pos >= 0) return;
+  sweep_locked(capacity_.load(std::memory_order_relaxed));
+  in->ring_pos = static_cast<int64_t>(ring_.size());
+  ring_.push_back(in);
+}
+
+void InodeStore::sweep_locked(size_t limit) {
   // Clock sweep: close descriptors nobody uses now and nobody used since the last pass.
   size_t tries = ring_.size() * 2;
-  while (ring_.size() >= capacity_ && tries-- > 0) {
+  while (ring_.size() >= limit && !ring_.empty() && tries-- > 0) {
     if (hand_ >= ring_.size()) hand_ = 0;
     Inode* v = ring_[hand_];
     std::lock_guard<std::mutex> vg(v->fd_m);
@@ -196,8 +215,19 @@ void InodeStore::cache_insert(Inode* in) {
       hand_++;
     }
   }
-  in->ring_pos = static_cast<int64_t>(ring_.size());
-  ring_.push_back(in);
+}
+
+bool InodeStore::reclaim_fds() {
+  std::lock_guard<std::mutex> g(cache_m_);
+  const size_t n = ring_.size();
+  if (n <= 16) return false;
+  // An eighth at a time: open files that need descriptors get them, and the cache stays useful.
+  // The capacity stays lowered: what ran the process out of descriptors may come back.
+  const size_t target = std::max<size_t>(16, n - std::max<size_t>(16, n / 8));
+  if (target < capacity_.load(std::memory_order_relaxed))
+    capacity_.store(target, std::memory_order_relaxed);
+  sweep_locked(target + 1);
+  return ring_.size() < n;
 }
 
 void InodeStore::ring_remove(Inode* in) {

@@ -22,6 +22,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "sys.h"
+
 namespace fusekit {
 
 struct InodeKey {
@@ -136,7 +138,7 @@ class NodeTable {
   std::vector<uint64_t> free_;
 };
 
-class InodeStore {
+class InodeStore final : public sys::FdReclaimer {
  public:
   InodeStore();
   ~InodeStore();
@@ -146,7 +148,9 @@ class InodeStore {
   // bounded number of descriptors. mount_fd: a descriptor on that filesystem (not O_PATH).
   void enable_handles(int mount_fd, dev_t dev, size_t capacity);
   bool handles() const { return handles_; }
-  size_t fd_capacity() const { return capacity_; }
+  size_t fd_capacity() const { return capacity_.load(std::memory_order_relaxed); }
+  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low.
+  bool reclaim_fds() override;
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
   // Puts a new inode's descriptor in the cache when its filesystem is the handled one; its
@@ -256,10 +260,13 @@ class InodeStore {
   std::atomic<size_t> count_{0};
 
   void cache_insert(Inode* in);
+  // Under cache_m_: the clock sweep, until fewer than `limit` descriptors are cached (or every
+  // one left is in use).
+  void sweep_locked(size_t limit);
   int mount_fd_ = -1;
   bool handles_ = false;  // stays set after clear(), for stats
   dev_t handle_dev_ = 0;
-  size_t capacity_ = 0;
+  std::atomic<size_t> capacity_{0};
   std::mutex cache_m_;
   std::vector<Inode*> ring_;
   size_t hand_ = 0;

@@ -40,7 +40,8 @@ int OpenFiles::attach(Inode* in, int real_path_fd, const InodeKey& real, int fd,
     if (!in->backing_id && !privileged) {
       // Always a description of its own, never the open's: flock() locks live on the open's
       // description, and one shared with the backing file would outlive the open's close.
-      int bfd = sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY);
+      int bfd = sys::retry_fds(
+          [&] { return sys::reopen(real_path_fd, want_write ? O_RDWR : O_RDONLY); });
       if (bfd >= 0) {
         int id = session_->backing_open(bfd);
         close(bfd);  // the kernel keeps its own reference

@@ -119,13 +119,8 @@ std::unique_ptr<PassthroughFs> PassthroughFs::create(const MountConfig& cfg, Err
       probe_fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_CLOEXEC);
     if (probe_fd >= 0) {
       close(probe_fd);
-      size_t cap = cfg.max_fds;
-      if (!cap) {
-        struct rlimit rl;
-        getrlimit(RLIMIT_NOFILE, &rl);
-        cap = std::clamp<size_t>(rl.rlim_cur / 4, 64, 65536);
-      }
-      fs->store_.enable_handles(mfd, st.st_dev, cap);
+      fs->store_.enable_handles(mfd, st.st_dev,
+                                cfg.max_fds ? cfg.max_fds : sys::default_fd_cache_capacity());
     } else {
       int e = errno;
       if (mfd >= 0) close(mfd);
@@ -254,7 +249,7 @@ int PassthroughFs::do_lookup(Inode* dir, const char* name, fuse_entry_param* e, 
   // Any other name (or one whose inode is gone): open it straight away, one path walk, and the
   // descriptor decides what the object is, instead of stat, open and stat again. Known inodes
   // met this way cost a close.
-  int fd = openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  int fd = sys::retry_fds([&] { return openat(dfd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC); });
   if (fd < 0) {
     int err = errno;
     // ENOENT is what a directory moved out of the source answers too; anything else might tell
@@ -292,7 +287,8 @@ int PassthroughFs::lookup_dot(Inode* dir, const char* name, fuse_entry_param* e)
     // Export support: ".." of a directory. The private clone refuses to leave the source.
     PathFd d(store_, dir);
     if (!d) return d.error();
-    int fd = openat(d.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int fd = sys::retry_fds(
+        [&] { return openat(d.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC); });
     if (fd < 0) return errno;
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -517,9 +513,9 @@ int PassthroughFs::open(Request& r, fuse_ino_t ino, fuse_file_info* fi) {
   int fd = -1;
   if (acc == O_WRONLY) {
     // Read-write where possible, so the handle can become the inode's backing file.
-    fd = sys::reopen(f.get(), (flags & ~O_ACCMODE) | O_RDWR);
+    fd = sys::retry_fds([&] { return sys::reopen(f.get(), (flags & ~O_ACCMODE) | O_RDWR); });
   }
-  if (fd < 0) fd = sys::reopen(f.get(), flags);
+  if (fd < 0) fd = sys::retry_fds([&] { return sys::reopen(f.get(), flags); });
   if (fd < 0) return errno;
   if (fi->kill_suidgid && (flags & O_TRUNC)) kill_suidgid(fd);
   int err = files_.attach(in, f.get(), in->key, fd, flags, fi);
@@ -564,7 +560,8 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
   {
     CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
-    fd = openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    fd = sys::retry_fds(
+        [&] { return openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777)); });
     if (fd < 0 && errno == EACCES && (fi->flags & O_ACCMODE) == O_WRONLY) {
       flags = (flags & ~O_ACCMODE) | O_WRONLY;
       fd = openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
@@ -597,7 +594,8 @@ int PassthroughFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file
   {
     CallerCreds creds(cuid, cgid, r.umask);
     if (creds.error()) return creds.error();
-    fd = openat(d.get(), ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+    fd = sys::retry_fds(
+        [&] { return openat(d.get(), ".", flags | O_CLOEXEC, creds.mask_mode(mode & 07777)); });
     if (fd < 0) return errno;
   }
   int err = adopt(fd, true, dir, nullptr, e);
@@ -668,7 +666,7 @@ int PassthroughFs::opendir(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   if (int err = check_dir(in)) return err;
   PathFd f(store_, in);
   if (!f) return f.error();
-  int fd = openat(f.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = sys::retry_fds([&] { return openat(f.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   if (fd < 0) return errno;
   auto* d = new (std::nothrow) DirHandle;
   if (!d) {

@@ -8,13 +8,17 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 namespace fusekit::sys {
 
@@ -241,6 +245,51 @@ std::string read_text(const char* path) {
   close(fd);
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
   return out;
+}
+
+namespace {
+struct Reclaimers {
+  std::mutex m;
+  std::vector<FdReclaimer*> list;
+};
+// Never destroyed: session threads may still be tearing a mount down while the process exits.
+Reclaimers& reclaimers() {
+  static auto* r = new Reclaimers;
+  return *r;
+}
+}  // namespace
+
+void add_reclaimer(FdReclaimer* r) {
+  Reclaimers& g = reclaimers();
+  std::lock_guard<std::mutex> lock(g.m);
+  g.list.push_back(r);
+}
+
+void remove_reclaimer(FdReclaimer* r) {
+  Reclaimers& g = reclaimers();
+  std::lock_guard<std::mutex> lock(g.m);
+  g.list.erase(std::remove(g.list.begin(), g.list.end(), r), g.list.end());
+}
+
+bool reclaim_fds() {
+  const int saved = errno;
+  bool any = false;
+  {
+    // Held throughout: a cache cannot go away while it gives descriptors back.
+    Reclaimers& g = reclaimers();
+    std::lock_guard<std::mutex> lock(g.m);
+    for (FdReclaimer* r : g.list) any |= r->reclaim_fds();
+  }
+  errno = saved;
+  return any;
+}
+
+size_t default_fd_cache_capacity() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  const size_t lim = rl.rlim_cur == RLIM_INFINITY ? size_t{1} << 20 : rl.rlim_cur;
+  const size_t reserve = std::max(lim / 8, std::min<size_t>(256, lim / 2));
+  return std::clamp<size_t>(lim - reserve, 64, 65536);
 }
 
 }  // namespace fusekit::sys

@@ -2,6 +2,7 @@
 // Every call here acts on an inode's own descriptor and never follows a symlink.
 #pragma once
 
+#include <errno.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -52,5 +53,38 @@ int open_beneath(int dirfd, const char* path, int flags);
 
 // Reads a small text file (sysfs/procfs); empty on error.
 std::string read_text(const char* path);
+
+// ---- running out of descriptors
+
+// A cache of descriptors that can give some back when the process runs out (EMFILE/ENFILE).
+// Caches register for their lifetime; the limit is the process's, so any mount's shortage may be
+// relieved by any mount's cache.
+class FdReclaimer {
+ public:
+  // Closes some of the cached descriptors (and holds fewer from now on); false when it had none
+  // to give. Called with no lock of the caller's cache held.
+  virtual bool reclaim_fds() = 0;
+
+ protected:
+  ~FdReclaimer() = default;
+};
+void add_reclaimer(FdReclaimer* r);
+void remove_reclaimer(FdReclaimer* r);
+// Asks every registered cache to give descriptors back; true when any did.
+bool reclaim_fds();
+
+// Default capacity of a descriptor cache under RLIMIT_NOFILE: most of the limit, leaving an
+// eighth (at least 256, at most half) for open files, directories and the process itself, and at
+// most 65536. The caches give descriptors back when open files need more (reclaim_fds).
+size_t default_fd_cache_capacity();
+
+// Runs open(), which returns a descriptor or -1/errno, once more after the caches gave
+// descriptors back when it failed for want of them. The caller holds no cache lock.
+template <typename F>
+int retry_fds(F open) {
+  int fd = open();
+  if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reclaim_fds()) fd = open();
+  return fd;
+}
 
 }  // namespace fusekit::sys
