@@ -63,9 +63,9 @@ export interface MountOptions {
    */
   fileHandles?: 'auto' | 'on' | 'off';
   /**
-   * Descriptors kept open in file-handle mode. Default, passthrough: RLIMIT_NOFILE less an eighth
-   * (at least 256) kept for open files, at most 65536; when open files need more, the cache gives
-   * descriptors back and stays that much smaller. Overlay: a quarter of RLIMIT_NOFILE.
+   * Descriptors kept open in file-handle mode. Default: RLIMIT_NOFILE less a reserve (an eighth of
+   * it, or 8192 or half of it where that is more), at most 65536. When the daemon's opens run out
+   * of descriptors, the cache gives some back and stays that much smaller.
    */
   maxFds?: number;
   /** Kernel cache settings; these win over the top-level timeouts. */

@@ -242,6 +242,7 @@ void OverlayFs::destroy() {
 }
 
 void OverlayFs::release() {
+  if (fh_cache_) sys::remove_reclaimer(fh_cache_.get());  // no reclaim while inodes go
   files_.close_all();
   store_.clear();
   static_cast<OvInode*>(store_.root())->set_state(std::make_shared<RealState>());
@@ -396,7 +397,7 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
     // too): one syscall fewer than a stat first, and the descriptor's stat is the one that counts.
     int fd = -1;
     if (!f->exists) {
-      fd = openat(s.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      fd = sys::retry_fds([&] { return openat(s.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC); });
       if (fd >= 0 && fstat(fd, &st) != 0) {
         int err = errno;
         close(fd);
@@ -458,7 +459,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
       }
     } else {
       if (!S_ISDIR(st.st_mode)) break;  // a non-directory below a directory ends the merge
-      int fd = openat(s.fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int fd = sys::retry_fds(
+          [&] { return openat(s.fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC); });
       if (fd < 0) break;
       DirXattrs x = read_dir_xattrs(fd);
       f->lowers.push_back({s.layer, fd, x.opaque == 'x'});
@@ -767,8 +769,9 @@ int OverlayFs::open(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   if (s->fd < 0) return ESTALE;
   int flags = fi->flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
   int fd = -1;
-  if (acc == O_WRONLY) fd = sys::reopen(s->fd, (flags & ~O_ACCMODE) | O_RDWR);
-  if (fd < 0) fd = sys::reopen(s->fd, flags);
+  if (acc == O_WRONLY)
+    fd = sys::retry_fds([&] { return sys::reopen(s->fd, (flags & ~O_ACCMODE) | O_RDWR); });
+  if (fd < 0) fd = sys::retry_fds([&] { return sys::reopen(s->fd, flags); });
   if (fd < 0) return errno;
   if (fi->kill_suidgid && (flags & O_TRUNC)) {
     struct stat st;

@@ -91,14 +91,17 @@ class OvInode;
 // descriptors; at most `capacity` descriptors stay open (apart from states readers hold at that
 // moment, pinned ones and those whose handles cannot be taken). Lock order: the cache's lock, then
 // an inode's state_m; nothing takes the cache's lock while holding a state_m.
-class OvFdCache {
+class OvFdCache final : public sys::FdReclaimer {
  public:
   struct Mount {
     int fd;  // for open_by_handle_at
     int mount_id;
   };
   OvFdCache(std::vector<Mount> mounts, size_t capacity);
-  size_t capacity() const { return capacity_; }
+  ~OvFdCache();
+  size_t capacity() const { return capacity_.load(std::memory_order_relaxed); }
+  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low.
+  bool reclaim_fds() override;
   size_t open() const { return open_.load(std::memory_order_relaxed); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
   // Takes the handles of a state nobody else reads (sets handled when all are taken).
@@ -118,9 +121,12 @@ class OvFdCache {
   void unlink_at(size_t pos);
   // unlink_at, and its inode's descriptors no longer counted.
   void drop_at(size_t pos);
+  // Under m_: the clock sweep, until at most `limit` descriptors are cached (or every state left
+  // is in use); `keep` is never closed.
+  void sweep_locked(size_t limit, const OvInode* keep);
 
   std::vector<Mount> mounts_;  // by layer index
-  size_t capacity_;
+  std::atomic<size_t> capacity_;
   std::mutex m_;
   std::vector<OvInode*> ring_;
   size_t hand_ = 0;

@@ -55,7 +55,7 @@ int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, unsign
   std::unordered_set<std::string> decided;  // shown, or whited out by a layer above
   alignas(8) char buf[32768];
   for (const Src& s : srcs) {
-    int dfd = openat(s.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = sys::retry_fds([&] { return openat(s.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
     if (dfd < 0) return errno;
     const bool upper = has_upper_ && s.layer == 0;
     const dev_t dev = layers_[s.layer].dev;

@@ -38,7 +38,10 @@ struct HandleBuf {
 OvFdCache::OvFdCache(std::vector<Mount> mounts, size_t capacity)
     : mounts_(std::move(mounts)), capacity_(capacity < 16 ? 16 : capacity) {
   ring_.reserve(capacity_);
+  sys::add_reclaimer(this);
 }
+
+OvFdCache::~OvFdCache() { sys::remove_reclaimer(this); }
 
 bool OvFdCache::take(int layer, int fd, std::string* out) const {
   if (fd < 0 || layer < 0 || static_cast<size_t>(layer) >= mounts_.size()) return false;
@@ -110,13 +113,20 @@ void OvFdCache::drop_at(size_t pos) {
 
 void OvFdCache::insert(OvInode* in) {
   std::lock_guard<std::mutex> g(m_);
+  sweep_locked(capacity_.load(std::memory_order_relaxed), in);
+  if (in->ring_pos >= 0) return;
+  in->ring_pos = static_cast<int64_t>(ring_.size());
+  ring_.push_back(in);
+}
+
+void OvFdCache::sweep_locked(size_t limit, const OvInode* keep) {
   // Clock sweep: close the descriptors of states nobody holds now and nobody used since the hand
   // last passed.
   size_t tries = ring_.size() * 2;
-  while (open_.load(std::memory_order_relaxed) > capacity_ && !ring_.empty() && tries-- > 0) {
+  while (open_.load(std::memory_order_relaxed) > limit && !ring_.empty() && tries-- > 0) {
     if (hand_ >= ring_.size()) hand_ = 0;
     OvInode* v = ring_[hand_];
-    if (v == in) {
+    if (v == keep) {
       hand_++;
       continue;
     }
@@ -154,9 +164,18 @@ void OvFdCache::insert(OvInode* in) {
     }
     drop_at(hand_);
   }
-  if (in->ring_pos >= 0) return;
-  in->ring_pos = static_cast<int64_t>(ring_.size());
-  ring_.push_back(in);
+}
+
+bool OvFdCache::reclaim_fds() {
+  std::lock_guard<std::mutex> g(m_);
+  const size_t n = open_.load(std::memory_order_relaxed);
+  if (n <= 16) return false;
+  // An eighth at a time, as the passthrough's cache; the capacity stays that low.
+  const size_t target = std::max<size_t>(16, n - std::max<size_t>(16, n / 8));
+  if (target < capacity_.load(std::memory_order_relaxed))
+    capacity_.store(target, std::memory_order_relaxed);
+  sweep_locked(target, nullptr);
+  return open_.load(std::memory_order_relaxed) < n;
 }
 
 void OvFdCache::remove(OvInode* in) {
@@ -193,7 +212,19 @@ std::shared_ptr<const RealState> OvInode::reopen_state(std::unique_lock<std::mut
   // Evicted: the cache closed the descriptors while the inode was the only holder, and no one can
   // have got the state since (state() is the only way out, and it reopens first).
   auto* s = const_cast<RealState*>(state_.get());
-  if (!cache->reopen(*s)) {
+  bool ok = cache->reopen(*s);
+  if (!ok && (errno == EMFILE || errno == ENFILE)) {
+    // Out of descriptors: the caches give some back, not under state_m (a sweep takes it). The
+    // state may have been replaced or reopened meanwhile.
+    g.unlock();
+    const bool freed = sys::reclaim_fds();
+    g.lock();
+    if (!state_ || state_->fd >= 0 || !state_->handled) return state_;
+    s = const_cast<RealState*>(state_.get());
+    ok = freed && cache->reopen(*s);
+    if (!freed) errno = EMFILE;
+  }
+  if (!ok) {
     // ESTALE: the object is gone (deleted behind the mount). Give this caller a state without
     // descriptors, and let the next lookup find what the name holds now. Any other failure (out
     // of descriptors or memory) says nothing about the object: the next state() tries again.
@@ -249,13 +280,8 @@ bool OverlayFs::enable_handles(Error* err) {
     }
     return true;
   }
-  size_t cap = cfg_.max_fds;
-  if (!cap) {
-    struct rlimit rl;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    cap = std::clamp<size_t>(rl.rlim_cur / 4, 64, 65536);
-  }
-  fh_cache_ = std::make_unique<OvFdCache>(std::move(mounts), cap);
+  fh_cache_ = std::make_unique<OvFdCache>(
+      std::move(mounts), cfg_.max_fds ? cfg_.max_fds : sys::default_fd_cache_capacity());
   return true;
 }
 

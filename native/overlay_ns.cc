@@ -175,7 +175,9 @@ int OverlayFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mo
     int err = create_object(
         r, dir, name, mode,
         [&](const CallerCreds& c, int dfd, const char* n) {
-          fd = openat(dfd, n, flags | O_EXCL | O_CLOEXEC, c.mask_mode(mode & 07777));
+          fd = sys::retry_fds([&] {
+            return openat(dfd, n, flags | O_EXCL | O_CLOEXEC, c.mask_mode(mode & 07777));
+          });
           return fd < 0 ? -1 : 0;
         },
         false);
@@ -183,7 +185,7 @@ int OverlayFs::create(Request& r, fuse_ino_t parent, const char* name, mode_t mo
       // An existing upper file (created behind the kernel's back): open it.
       auto ds = dir->state();
       if (ds->fd < 0) return ESTALE;  // file-handle mode: gone
-      fd = openat(ds->fd, name, (flags & ~O_CREAT) | O_CLOEXEC);
+      fd = sys::retry_fds([&] { return openat(ds->fd, name, (flags & ~O_CREAT) | O_CLOEXEC); });
       err = fd < 0 ? errno : 0;
     }
     if (err) return err;
@@ -217,7 +219,8 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
   {
     CallerCreds c(uid, gid, r.umask);
     if (c.error()) return c.error();
-    fd = openat(ds->fd, ".", flags | O_CLOEXEC, c.mask_mode(mode & 07777));
+    fd = sys::retry_fds(
+        [&] { return openat(ds->fd, ".", flags | O_CLOEXEC, c.mask_mode(mode & 07777)); });
     if (fd < 0) return errno;
   }
   struct stat st;

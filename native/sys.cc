@@ -288,7 +288,9 @@ size_t default_fd_cache_capacity() {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
   const size_t lim = rl.rlim_cur == RLIM_INFINITY ? size_t{1} << 20 : rl.rlim_cur;
-  const size_t reserve = std::max(lim / 8, std::min<size_t>(256, lim / 2));
+  // The process's other users of descriptors (open files, a Node service's own files) cannot
+  // give theirs back: a generous share stays free for them.
+  const size_t reserve = std::max(lim / 8, std::min<size_t>(8192, lim / 2));
   return std::clamp<size_t>(lim - reserve, 64, 65536);
 }
 

@@ -73,9 +73,10 @@ void remove_reclaimer(FdReclaimer* r);
 // Asks every registered cache to give descriptors back; true when any did.
 bool reclaim_fds();
 
-// Default capacity of a descriptor cache under RLIMIT_NOFILE: most of the limit, leaving an
-// eighth (at least 256, at most half) for open files, directories and the process itself, and at
-// most 65536. The caches give descriptors back when open files need more (reclaim_fds).
+// Default capacity of a descriptor cache under RLIMIT_NOFILE: the limit less a reserve for open
+// files, directories and the rest of the process (an eighth of the limit, or 8192 or half of it
+// where that is more), at most 65536. The caches give descriptors back when the daemon's own
+// opens need more (reclaim_fds).
 size_t default_fd_cache_capacity();
 
 // Runs open(), which returns a descriptor or -1/errno, once more after the caches gave
