@@ -286,8 +286,9 @@ const memory: Suite = {
     "and the daemon too; figures from the daemon's mount.stats() and its process. RSS growth " +
     'is the measured cost (malloc arenas included), the estimate what fusekit reports; the ' +
     'kernel figure is the growth of the open-file slab over the whole machine (descriptors ' +
-    'the daemon holds; other processes move it too). The file-handle mode keeps at most a ' +
-    "quarter of RLIMIT_NOFILE descriptors (here the bench's own limit); the descriptor modes " +
+    'the daemon holds; other processes move it too). The file-handle mode keeps at most ' +
+    'RLIMIT_NOFILE less a reserve (an eighth, or 8192 or half where that is more) ' +
+    "descriptors (here under the bench's own limit); the descriptor modes " +
     `ask for RLIMIT_NOFILE ${NOFILE} (the notes say what they got).`,
   baselines: [],
   pinnable: false,
