@@ -7,6 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
+import { type MountOptions, type MountStats } from '../lib';
 import { mountFixture, tmpdir } from './helpers/fixture';
 import { fusekitOverlay, mkdirs, tmpfs } from './helpers/overlay-util';
 import {
@@ -60,6 +61,20 @@ async function dropCaches(): Promise<void> {
   await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
 }
 
+/**
+ * Drops caches every 0.1 s until stopFile exists, then prints {drops}. Its own process, so the
+ * drops keep coming whatever this process's thread pool is doing.
+ */
+function dropper(t: ExecutionContext, stopFile: string): JsonChild {
+  return spawnChild(t, [
+    'sh',
+    '-c',
+    'n=0; while [ ! -e "$1" ]; do echo 2 > /proc/sys/vm/drop_caches; n=$((n+1)); sleep 0.1; done; echo "{\\"drops\\":$n}"',
+    'sh',
+    stopFile,
+  ]);
+}
+
 test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes while caches are dropped', async (t) => {
   const { root, src, mnt, m } = await mountFixture(
     t,
@@ -72,22 +87,15 @@ test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes w
   const children = [1, 2, 3, 4].map((seed) =>
     load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * 7919 }),
   );
-  // Its own process, so the drops keep coming whatever this process's thread pool is doing.
   const stopFile = path.join(root, 'stop-dropping');
-  const dropper = spawnChild(t, [
-    'sh',
-    '-c',
-    'n=0; while [ ! -e "$1" ]; do echo 2 > /proc/sys/vm/drop_caches; n=$((n+1)); sleep 0.1; done; echo "{\\"drops\\":$n}"',
-    'sh',
-    stopFile,
-  ]);
+  const dropping = dropper(t, stopFile);
   let counts: Record<string, number>[];
   try {
     counts = await results(children);
   } finally {
     await fsp.writeFile(stopFile, '');
   }
-  const drops = (await dropper.message((x) => typeof x.drops === 'number')).drops as number;
+  const drops = (await dropping.message((x) => typeof x.drops === 'number')).drops as number;
   const all = sum(counts);
   t.log(`drop_caches x${drops}`, all);
   assertOutcomes(t, all, {
@@ -124,6 +132,87 @@ test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes w
   ).catch(() => undefined);
   t.is(m.stats().inodes, 1, 'inodes still held after drop_caches');
   t.deepEqual(await snapshot(dir), await snapshot(path.join(src, 'h')));
+});
+
+test('lookup vs forget while open files squeeze the descriptor cache: 4 processes hammer a daemon limited to 256 descriptors', async (t) => {
+  // The cache's default capacity (128 here) and 150 files held open do not fit under the limit:
+  // the daemon's lookups and opens keep meeting EMFILE and the cache gives descriptors back,
+  // while other lookups, forgets and evictions race it.
+  const root = await tmpdir(t);
+  const [src, mnt] = [path.join(root, 'src'), path.join(root, 'mnt')];
+  for (const d of [src, mnt, path.join(src, 'h'), path.join(src, 'held')]) await fsp.mkdir(d);
+  const heldNames = Array.from({ length: 150 }, (_, i) => `k${i}`);
+  for (const n of heldNames) await fsp.writeFile(path.join(src, 'held', n), `held ${n}`);
+  const options: MountOptions = {
+    source: src,
+    mountpoint: mnt,
+    entryTimeout: 0.01,
+    attrTimeout: 0.01,
+  };
+  const daemon = spawnChild(
+    t,
+    [
+      'prlimit',
+      '--nofile=256:256',
+      ...nodeArgv('test/helpers/idmap-mount-child.ts', JSON.stringify(options)),
+    ],
+    { mountpoints: [mnt] },
+  );
+  const ok = await daemon.message((m) => 'ok' in m);
+  t.true(ok.ok, JSON.stringify(ok));
+  const stats = async (): Promise<MountStats> => {
+    const from = daemon.messages.length;
+    daemon.send('stats');
+    const r = await daemon.message((m) => 'stats' in m && daemon.messages.indexOf(m) >= from);
+    return r.stats as MountStats;
+  };
+  t.deepEqual([(await stats()).inodeFds.mode, (await stats()).inodeFds.capacity], ['handles', 128]);
+
+  const held: fsp.FileHandle[] = [];
+  const closeHeld = async (): Promise<void> => {
+    await Promise.all(held.splice(0).map((h) => h.close()));
+  };
+  t.teardown(closeHeld);
+
+  const dir = path.join(mnt, 'h');
+  const children = [1, 2, 3, 4].map((seed) =>
+    load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * 104729 }),
+  );
+  const stopFile = path.join(root, 'stop-dropping');
+  const dropping = dropper(t, stopFile);
+  let counts: Record<string, number>[];
+  try {
+    // Opened while the others hammer: the reclaims race their lookups, forgets and evictions.
+    for (const n of heldNames) held.push(await fsp.open(path.join(mnt, 'held', n), 'r'));
+    counts = await results(children);
+  } finally {
+    await fsp.writeFile(stopFile, '');
+  }
+  const drops = (await dropping.message((x) => typeof x.drops === 'number')).drops as number;
+  const all = sum(counts);
+  const after = await stats();
+  t.log(`drop_caches x${drops}`, all, after.inodeFds);
+  assertOutcomes(t, all, {
+    stat: ['ENOENT'],
+    create: ['EISDIR', 'ENOENT'],
+    unlink: ['ENOENT', 'EISDIR'],
+    rename: ['ENOENT', 'EISDIR', 'ENOTDIR', 'ENOTEMPTY'],
+    mkdir: ['EEXIST'],
+    rmdir: ['ENOENT', 'ENOTDIR'],
+    read: ['ENOENT', 'EISDIR'],
+  });
+  for (const op of ['stat', 'create', 'unlink', 'rename', 'mkdir', 'rmdir', 'readdir', 'read'])
+    t.true((all[`${op}:ok`] ?? 0) > 0, `some ${op} succeeded`);
+  t.true(after.inodeFds.capacity < 128, 'the cache gave descriptors back');
+
+  // The mount mirrors the source, and every held file still reads its own bytes.
+  t.deepEqual(await snapshot(dir), await snapshot(path.join(src, 'h')));
+  for (const [i, h] of held.entries()) {
+    const buf = Buffer.alloc(64);
+    const { bytesRead } = await h.read(buf, 0, 64, 0);
+    t.is(buf.subarray(0, bytesRead).toString(), `held ${heldNames[i]!}`);
+  }
+  await closeHeld();
 });
 
 test('readdirplus while other processes create and unlink in the same directory', async (t) => {
