@@ -14,7 +14,7 @@
 // Environment only: BENCH_SIZE (1G; quick 64M), BENCH_FILES (10000; quick 1000),
 // BENCH_TREE_FILES (100000; quick 5000), BENCH_CHANGES (200; quick 40), BENCH_CPU (0),
 // BENCH_QUIET (3; quick 0: seconds to wait for other load to pass before each sample, at most 60
-// times that over the run).
+// times that over the run), BENCH_FIXTURES (bench/fixtures: where fixtures and targets live).
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -262,11 +262,27 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
     return (lines.find((l) => l.startsWith(cmd)) ?? lines[0]!).trim();
   };
   const kinds = new Set(cfg.plans.map((p) => p.suite.name));
+  // The filesystem under the fixtures is part of every figure (ext4 without a journal, for one,
+  // slows creates after deletes); jbd2 lists the journaled ones.
+  const [fsType = '?', fsSource = ''] = (
+    await run('findmnt', ['-no', 'FSTYPE,SOURCE', '-T', FIXTURES])
+  ).stdout
+    .trim()
+    .split(/\s+/);
+  let fixturesFs = fsType;
+  if (fsType === 'ext4' && fsSource) {
+    const jbd = await fsp.readdir('/proc/fs/jbd2').catch(() => [] as string[]);
+    const dev = path.basename(fsSource);
+    fixturesFs += jbd.some((d) => d.startsWith(`${dev}-`))
+      ? ' with a journal'
+      : ' without a journal';
+  }
   return {
     date: new Date().toISOString(),
     kernel: os.release(),
     cpu: `${cpu} × ${os.cpus().length}`,
     memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
+    fixtures: `${FIXTURES} on ${fixturesFs}`,
     fusekit: `${head}${dirty ? ' + uncommitted changes in native/ or lib/' : ''}`,
     fio: await version('fio', ['--version']),
     ...(kinds.has('overlay')
@@ -457,7 +473,8 @@ function render(doc: ResultDoc): string {
   return [
     `## Benchmark ${env.date!.slice(0, 16).replace('T', ' ')} UTC`,
     '',
-    `${env.kernel}, ${env.cpu}, ${env.memory}; fusekit ${env.fusekit}; ${env.fio}` +
+    `${env.kernel}, ${env.cpu}, ${env.memory}; fixtures ${env.fixtures ?? '?'}; ` +
+      `fusekit ${env.fusekit}; ${env.fio}` +
       `${env.fuseOverlayfs ? `; ${env.fuseOverlayfs}` : ''}${env.git ? `; ${env.git}` : ''}. ` +
       `Suites ${env.suites}; data file ${env.size}, ${env.files} small files, a tree of ` +
       `${env.treeFiles} files${env.treeNote ?? ''}, ${env.changes} changes; median of ${env.reps} interleaved ` +

@@ -5,7 +5,11 @@ import * as path from 'node:path';
 
 export const BENCH_DIR = __dirname;
 export const REPO_DIR = path.dirname(__dirname);
-export const FIXTURES = path.join(BENCH_DIR, 'fixtures');
+// BENCH_FIXTURES: another filesystem for the fixtures (the filesystem under them is part of every
+// figure: e.g. ext4 without a journal slows creates after deletes).
+export const FIXTURES = process.env.BENCH_FIXTURES
+  ? path.resolve(process.env.BENCH_FIXTURES)
+  : path.join(BENCH_DIR, 'fixtures');
 export const RESULTS = path.join(BENCH_DIR, 'results');
 export const BUILD = path.join(BENCH_DIR, '.build');
 
