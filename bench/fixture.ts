@@ -1,9 +1,14 @@
 // Fixtures, made once and kept under bench/fixtures/ (git-ignored). Each target serves its own
 // copy, so no target reads another target's cached inodes:
 // - src/<target>: a Debian minbase root filesystem (made once with debootstrap, kept as
-//   rootfs.tar) unpacked as rootfs/, and data.bin of BENCH_SIZE (passthrough suite);
-// - lower/<target>: the same plus files/ (BENCH_FILES small files) and an empty work/, used as the
-//   lower layer of the overlays (overlay suite);
+//   rootfs.tar) unpacked as rootfs/, and read.bin (passthrough suite);
+// - lower/<target>: the same plus data.bin of BENCH_SIZE (a copy, for the copy-up), files/
+//   (BENCH_FILES small files) and an empty work/, used as the lower layer of the overlays
+//   (overlay suite).
+// read.bin, which the read workloads read, is one hard link of the shared data file in every
+// copy: the same blocks of the virtual disk for every target. Separate copies sit at different
+// places of the disk image, which the host caches differently: native read its copy at 700 MiB/s
+// while kernel overlayfs read its own at 2,100 in the same run.
 // - tree/<target>: tree/ (BENCH_TREE_FILES files, a git repository when git is installed) and
 //   chg/ (BENCH_CHANGES files for the change-latency helper) (cache and memory suites).
 import { promises as fsp } from 'node:fs';
@@ -152,6 +157,22 @@ async function ensureData(dir: string, size: number): Promise<void> {
 }
 
 /**
+ * dir/read.bin: a hard link of the shared data file of `size` bytes (its size is part of the
+ * shared file's name, so a run with another size links another file).
+ */
+async function ensureReadFile(dir: string, size: number): Promise<void> {
+  const shared = await ensureDataFile(size);
+  const link = path.join(dir, 'read.bin');
+  const [want, have] = await Promise.all([
+    fsp.stat(shared),
+    fsp.lstat(link).catch(() => undefined),
+  ]);
+  if (have && have.ino === want.ino && have.dev === want.dev) return;
+  await fsp.rm(link, { force: true });
+  await fsp.link(shared, link);
+}
+
+/**
  * The source directory of one target, created on first use and reused. Everything the workloads
  * write goes under work/, which is emptied (untimed) before every run.
  */
@@ -160,7 +181,9 @@ export async function ensureSource(slug: string, size: number): Promise<string> 
   const dir = path.join(FIXTURES, 'src', slug);
   await fsp.mkdir(dir, { recursive: true });
   await ensureRootfs(dir);
-  await ensureData(dir, size);
+  await ensureReadFile(dir, size);
+  // Sources made before read.bin held a 1 GiB copy that nothing reads any more.
+  await fsp.rm(path.join(dir, 'data.bin'), { force: true });
   return dir;
 }
 
@@ -177,7 +200,7 @@ export const sourceFixture: Fixture = {
 
 const SMALL_FILE = Buffer.alloc(1024, 'x');
 const SMALL_MODE = 0o644;
-const LOWER_ENTRIES = ['rootfs', 'data.bin', 'files', 'work'];
+const LOWER_ENTRIES = ['rootfs', 'data.bin', 'read.bin', 'files', 'work'];
 
 /** files/f0000000.. of 1 KiB, mode 0644, as many as cfg.files; the marker holds the count. */
 async function ensureSmallFiles(dir: string, n: number): Promise<void> {
@@ -200,7 +223,7 @@ export function smallName(i: number): string {
 
 /**
  * Overlay suite: the lower layer of the overlays (and the native baseline's directory): rootfs/,
- * data.bin, files/ (small files for chmod) and an empty work/ for the writing workloads. Overlay
+ * data.bin, read.bin, files/ (small files for chmod) and an empty work/ for the writing workloads. Overlay
  * workloads change the lower's content as seen through the overlay (rm -rf, chmod, append), so
  * the overlays start every sample from an empty upper and the native copy is restored.
  */
@@ -212,6 +235,7 @@ export const lowerFixture: Fixture = {
     await fsp.mkdir(dir, { recursive: true });
     await ensureRootfs(dir);
     await ensureData(dir, cfg.size);
+    await ensureReadFile(dir, cfg.size);
     await ensureSmallFiles(dir, cfg.files);
     await fsp.mkdir(path.join(dir, 'work'), { recursive: true });
     return dir;

@@ -24,6 +24,7 @@ import { markdown, type Sample, summarize, type Summary } from './report';
 import { type Suite, SUITES } from './suites';
 import { canRaiseNofile, checkTargetTools, hardNofile, type Target } from './targets';
 import {
+  BUILD,
   check,
   FIXTURES,
   forceUnmount,
@@ -41,6 +42,13 @@ import {
 import { buildHelpers, type Metric, type Workload, type WorkloadContext } from './workloads';
 
 const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+// Free page reporting (virtio-balloon) hands every page the guest frees back to the host, which
+// backs it again only when it is next touched. drop_caches frees the page cache before every cold
+// sample, so whichever target got reported pages paid those faults in its copies: cold reads of
+// one file varied from 600 to 2,400 MiB/s here, with four times the CPU time in _copy_to_iter.
+// A block order above the largest (10 on x86-64) pauses reporting.
+const PAGE_REPORTING = '/sys/module/page_reporting/parameters/page_reporting_order';
+const PAGE_REPORTING_OFF = '11';
 
 interface Pin {
   name: string;
@@ -298,7 +306,44 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
     treeFiles: String(cfg.treeFiles),
     treeNote: cfg.treeNote,
     changes: String(cfg.changes),
+    ...(hostMemory ? { hostMemory } : {}),
   };
+}
+
+/** What the run did about free page reporting, for the report ('' when there is none). */
+let hostMemory = '';
+
+/**
+ * Pauses free page reporting (restored at the end, unless BENCH_PAGE_REPORTING=keep) and touches
+ * the guest's free memory once, so every page the workloads get is already backed by the host.
+ * Returns the value to restore, if it changed it.
+ */
+async function pausePageReporting(): Promise<string | undefined> {
+  const cur = (await fsp.readFile(PAGE_REPORTING, 'utf8').catch(() => '')).trim();
+  if (!cur) return undefined;
+  if (process.env.BENCH_PAGE_REPORTING === 'keep') {
+    hostMemory = `free page reporting to the host left on (order ${cur})`;
+    return undefined;
+  }
+  let restore: string | undefined;
+  if (cur !== PAGE_REPORTING_OFF) {
+    try {
+      await fsp.writeFile(PAGE_REPORTING, PAGE_REPORTING_OFF);
+      restore = cur;
+    } catch (e) {
+      log(`cannot pause free page reporting: ${String(e)}`);
+      hostMemory = `free page reporting to the host on (order ${cur}; pausing it failed)`;
+      return undefined;
+    }
+  }
+  const t0 = Date.now();
+  const out = await check(path.join(BUILD, 'backmem'), ['1024']);
+  const secs = (Date.now() - t0) / 1000;
+  hostMemory =
+    `free page reporting to the host paused for the run, and ${Number(out.stdout.trim()) >> 10} ` +
+    `GiB of free guest memory touched once before it (${secs.toFixed(0)} s)`;
+  log(hostMemory);
+  return restore;
 }
 
 /** Shared state of the run, for the interrupt handler and the quiet-wait budget. */
@@ -482,7 +527,7 @@ function render(doc: ResultDoc): string {
       `average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; CPU busy just ` +
       `before a sample (bench idle) median ${(busyMedian * 100).toFixed(0)}%, ${noisy} of ` +
       `${busy.length} samples started above 15% after waiting up to ${doc.run.quiet} s ` +
-      `(${doc.run.quietUsed} s in all).`,
+      `(${doc.run.quietUsed} s in all).${env.hostMemory ? ` VM: ${env.hostMemory}.` : ''}`,
     '',
     ...(doc.run.complete
       ? []
@@ -535,6 +580,7 @@ async function main(): Promise<void> {
     info: {},
   };
   let uringRestore: string | undefined;
+  let reportingRestore: string | undefined;
   let cleaning: Promise<void> | undefined;
 
   const cleanup = (): Promise<void> =>
@@ -552,6 +598,12 @@ async function main(): Promise<void> {
           .writeFile(URING_PARAM, uringRestore)
           .catch((e: unknown) => log(`cannot restore ${URING_PARAM}: ${String(e)}`));
         uringRestore = undefined;
+      }
+      if (reportingRestore !== undefined) {
+        await fsp
+          .writeFile(PAGE_REPORTING, reportingRestore)
+          .catch((e: unknown) => log(`cannot restore ${PAGE_REPORTING}: ${String(e)}`));
+        reportingRestore = undefined;
       }
     })());
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
@@ -590,6 +642,7 @@ async function main(): Promise<void> {
     }
     // All fixtures exist before anything is timed.
     for (const p of cfg.plans) for (const t of p.targets) await t.prepare(cfg);
+    reportingRestore = await pausePageReporting();
 
     const env = await environment(cfg);
     for (const p of cfg.plans)

@@ -162,7 +162,7 @@ export const seqRead: Workload = {
       '--bs=1M',
       `--size=${ctx.size}`,
       '--readonly',
-      `--filename=${path.join(dir, 'data.bin')}`,
+      `--filename=${path.join(dir, 'read.bin')}`,
     ];
     await dropCaches();
     const cold = await timed(ctx, 'seqread-cold', () => fio(ctx, args, 'read'));
@@ -229,7 +229,7 @@ export const randRead: Workload = {
       `--size=${ctx.size}`,
       `--io_size=${ioSize}`,
       '--readonly',
-      `--filename=${path.join(dir, 'data.bin')}`,
+      `--filename=${path.join(dir, 'read.bin')}`,
     ];
     const r = await timed(ctx, 'randread-cold', () => fio(ctx, args, 'read'));
     return { 'randread-cold': r.iops };
@@ -355,7 +355,7 @@ export function passthroughWorkloads(cfg: FixtureConfig): Workload[] {
 /** Compiles the C helpers into bench/.build when missing or older than their source. */
 export async function buildHelpers(): Promise<void> {
   await fsp.mkdir(BUILD, { recursive: true });
-  for (const name of ['metaops', 'walk', 'cpuwrap', 'chglat', 'gitstat']) {
+  for (const name of ['metaops', 'walk', 'cpuwrap', 'chglat', 'gitstat', 'backmem']) {
     const src = path.join(__dirname, 'c', `${name}.c`);
     const bin = path.join(BUILD, name);
     const [s, h, b] = await Promise.all([
