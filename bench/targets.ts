@@ -488,8 +488,9 @@ class FuseOverlayfsTarget extends DaemonTarget {
     readonly note: string,
     fixture: Fixture,
     nofile?: number,
+    copy?: string,
   ) {
-    super(fixture, undefined, true, nofile);
+    super(fixture, copy, true, nofile);
   }
 
   protected command(src: string, mnt: string, layers?: Layers): [string, string[]] {
@@ -509,8 +510,13 @@ export function kernelOverlayTarget(note: string, fixture: Fixture, copy?: strin
   return new KernelOverlayTarget(note, fixture, copy);
 }
 
-export function fuseOverlayfsTarget(note: string, fixture: Fixture, nofile?: number): Target {
-  return new FuseOverlayfsTarget(note, fixture, nofile);
+export function fuseOverlayfsTarget(
+  note: string,
+  fixture: Fixture,
+  nofile?: number,
+  copy?: string,
+): Target {
+  return new FuseOverlayfsTarget(note, fixture, nofile, copy);
 }
 
 export function passthroughHpTarget(
