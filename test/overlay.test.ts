@@ -166,6 +166,13 @@ test('copy-up keeps data, holes, mode, owner, times and user/security xattrs, an
     [3 << 20, pattern(65536, 2)],
     [(8 << 20) - 4096, pattern(4096, 3)],
   ]);
+  // Over 16 MiB of data: copied in parallel parts, split inside extents and across holes.
+  writeSparse(l('sparse-big'), 64 << 20, [
+    [0, pattern(5 << 20, 4)],
+    [(9 << 20) + 4096, pattern((8 << 20) - 4096, 5)],
+    [30 << 20, pattern(8 << 20, 6)],
+    [(64 << 20) - 4096, pattern(4096, 7)],
+  ]);
   mkdirs(l('dir'));
   fs.chownSync(l('dir'), 1002, 1003);
   fs.chmodSync(l('dir'), 0o2710);
@@ -201,6 +208,10 @@ test('copy-up keeps data, holes, mode, owner, times and user/security xattrs, an
   t.is(fs.lstatSync(m(e, 'sparse')).blocks, fs.lstatSync(l('sparse')).blocks);
   t.is(fs.lstatSync(path.join(e.upper, 'sparse')).blocks, fs.lstatSync(l('sparse')).blocks);
   t.is(sha256(fs.readFileSync(m(e, 'sparse'))), sha256(fs.readFileSync(l('sparse'))));
+  fs.chmodSync(m(e, 'sparse-big'), 0o600);
+  t.deepEqual(await seek(m(e, 'sparse-big')), await seek(l('sparse-big')));
+  t.is(fs.lstatSync(path.join(e.upper, 'sparse-big')).blocks, fs.lstatSync(l('sparse-big')).blocks);
+  t.is(sha256(fs.readFileSync(m(e, 'sparse-big'))), sha256(fs.readFileSync(l('sparse-big'))));
 
   // A directory is copied up (with its owner, mode and xattrs) when something is made in it.
   fs.writeFileSync(m(e, 'dir/new'), 'x');
