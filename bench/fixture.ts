@@ -1,16 +1,16 @@
 // Fixtures, made once and kept under bench/fixtures/ (git-ignored). Each target serves its own
-// copy, so no target reads another target's cached inodes:
+// copy, so no target reads another target's cached inodes (but the overlays, which never change
+// their lower layer, share one: see suites.ts):
 // - src/<target>: a Debian minbase root filesystem (made once with debootstrap, kept as
 //   rootfs.tar) unpacked as rootfs/, and read.bin (passthrough suite);
-// - lower/<target>: the same plus data.bin of BENCH_SIZE (a copy, for the copy-up), files/
+// - lower/<copy>: the same plus data.bin of BENCH_SIZE (a copy, for the copy-up), files/
 //   (BENCH_FILES small files) and an empty work/, used as the lower layer of the overlays
-//   (overlay suite).
-// read.bin, which the read workloads read, is one hard link of the shared data file in every
-// copy: the same blocks of the virtual disk for every target. Separate copies sit at different
-// places of the disk image, which the host caches differently: native read its copy at 700 MiB/s
-// while kernel overlayfs read its own at 2,100 in the same run.
+//   (overlay suite);
 // - tree/<target>: tree/ (BENCH_TREE_FILES files, a git repository when git is installed) and
 //   chg/ (BENCH_CHANGES files for the change-latency helper) (cache and memory suites).
+// read.bin, which the read workloads read, is one hard link of the shared data file in every
+// copy: the same blocks of the disk for every target. Copies sit at different places of the
+// disk, and one 1 GiB copy read ~100 ms slower than another here, whoever read it.
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
@@ -223,9 +223,10 @@ export function smallName(i: number): string {
 
 /**
  * Overlay suite: the lower layer of the overlays (and the native baseline's directory): rootfs/,
- * data.bin, read.bin, files/ (small files for chmod) and an empty work/ for the writing workloads. Overlay
- * workloads change the lower's content as seen through the overlay (rm -rf, chmod, append), so
- * the overlays start every sample from an empty upper and the native copy is restored.
+ * data.bin, read.bin, files/ (small files for chmod) and an empty work/ for the writing
+ * workloads. Overlay workloads change the lower's content as seen through the overlay (rm -rf,
+ * chmod, append), so the overlays start every sample from an empty upper and the native copy is
+ * restored.
  */
 export const lowerFixture: Fixture = {
   name: 'lower',
