@@ -314,28 +314,29 @@ async function environment(cfg: Config): Promise<Record<string, string>> {
 let hostMemory = '';
 
 /**
- * Pauses free page reporting (restored at the end, unless BENCH_PAGE_REPORTING=keep) and touches
- * the guest's free memory once, so every page the workloads get is already backed by the host.
- * Returns the value to restore, if it changed it.
+ * Pauses free page reporting (restored at the end, unless BENCH_PAGE_REPORTING=keep). Returns
+ * whether it is paused now, and the value to restore if it changed it.
  */
-async function pausePageReporting(): Promise<string | undefined> {
+async function pausePageReporting(): Promise<{ paused: boolean; restore?: string }> {
   const cur = (await fsp.readFile(PAGE_REPORTING, 'utf8').catch(() => '')).trim();
-  if (!cur) return undefined;
+  if (!cur) return { paused: false };
   if (process.env.BENCH_PAGE_REPORTING === 'keep') {
     hostMemory = `free page reporting to the host left on (order ${cur})`;
-    return undefined;
+    return { paused: false };
   }
-  let restore: string | undefined;
-  if (cur !== PAGE_REPORTING_OFF) {
-    try {
-      await fsp.writeFile(PAGE_REPORTING, PAGE_REPORTING_OFF);
-      restore = cur;
-    } catch (e) {
-      log(`cannot pause free page reporting: ${String(e)}`);
-      hostMemory = `free page reporting to the host on (order ${cur}; pausing it failed)`;
-      return undefined;
-    }
+  if (cur === PAGE_REPORTING_OFF) return { paused: true };
+  try {
+    await fsp.writeFile(PAGE_REPORTING, PAGE_REPORTING_OFF);
+    return { paused: true, restore: cur };
+  } catch (e) {
+    log(`cannot pause free page reporting: ${String(e)}`);
+    hostMemory = `free page reporting to the host on (order ${cur}; pausing it failed)`;
+    return { paused: false };
   }
+}
+
+/** Touches the guest's free memory once, so every page the workloads get is backed by the host. */
+async function backGuestMemory(): Promise<void> {
   const t0 = Date.now();
   const out = await check(path.join(BUILD, 'backmem'), ['1024']);
   const secs = (Date.now() - t0) / 1000;
@@ -343,7 +344,6 @@ async function pausePageReporting(): Promise<string | undefined> {
     `free page reporting to the host paused for the run, and ${Number(out.stdout.trim()) >> 10} ` +
     `GiB of free guest memory touched once before it (${secs.toFixed(0)} s)`;
   log(hostMemory);
-  return restore;
 }
 
 /** Shared state of the run, for the interrupt handler and the quiet-wait budget. */
@@ -642,7 +642,10 @@ async function main(): Promise<void> {
     }
     // All fixtures exist before anything is timed.
     for (const p of cfg.plans) for (const t of p.targets) await t.prepare(cfg);
-    reportingRestore = await pausePageReporting();
+    // The restore value is kept before anything else can fail, so cleanup always restores it.
+    const reporting = await pausePageReporting();
+    reportingRestore = reporting.restore;
+    if (reporting.paused) await backGuestMemory();
 
     const env = await environment(cfg);
     for (const p of cfg.plans)

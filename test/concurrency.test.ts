@@ -90,6 +90,33 @@ function dropper(t: ExecutionContext, stopFile: string): JsonChild {
   ]);
 }
 
+/**
+ * 4 processes hammer dir (stat/create/unlink/rename/mkdir/rmdir/readdir/read of 16 names) while
+ * caches are dropped; `during` runs meanwhile. Returns the summed outcomes and the drop count.
+ */
+async function hammerWhileDropping(
+  t: ExecutionContext,
+  root: string,
+  dir: string,
+  seedStep: number,
+  during: () => Promise<void> = async () => {},
+): Promise<{ all: Record<string, number>; drops: number }> {
+  const children = [1, 2, 3, 4].map((seed) =>
+    load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * seedStep }),
+  );
+  const stopFile = path.join(root, 'stop-dropping');
+  const dropping = dropper(t, stopFile);
+  let counts: Record<string, number>[];
+  try {
+    await during();
+    counts = await results(children);
+  } finally {
+    await fsp.writeFile(stopFile, '');
+  }
+  const drops = (await dropping.message((x) => typeof x.drops === 'number')).drops as number;
+  return { all: sum(counts), drops };
+}
+
 test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes while caches are dropped', async (t) => {
   const { root, src, mnt, m } = await mountFixture(
     t,
@@ -99,19 +126,7 @@ test('lookup vs forget: stat/create/unlink/rename/mkdir/rmdir from 4 processes w
     },
   );
   const dir = path.join(mnt, 'h');
-  const children = [1, 2, 3, 4].map((seed) =>
-    load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * 7919 }),
-  );
-  const stopFile = path.join(root, 'stop-dropping');
-  const dropping = dropper(t, stopFile);
-  let counts: Record<string, number>[];
-  try {
-    counts = await results(children);
-  } finally {
-    await fsp.writeFile(stopFile, '');
-  }
-  const drops = (await dropping.message((x) => typeof x.drops === 'number')).drops as number;
-  const all = sum(counts);
+  const { all, drops } = await hammerWhileDropping(t, root, dir, 7919);
   t.log(`drop_caches x${drops}`, all);
   assertHammerOutcomes(t, all);
 
@@ -181,21 +196,10 @@ test('lookup vs forget while open files squeeze the descriptor cache: 4 processe
   t.teardown(closeHeld);
 
   const dir = path.join(mnt, 'h');
-  const children = [1, 2, 3, 4].map((seed) =>
-    load(t, { mode: 'hammer', dir, names: 16, iterations: 3000, seed: seed * 104729 }),
-  );
-  const stopFile = path.join(root, 'stop-dropping');
-  const dropping = dropper(t, stopFile);
-  let counts: Record<string, number>[];
-  try {
-    // Opened while the others hammer: the reclaims race their lookups, forgets and evictions.
+  // Opened while the others hammer: the reclaims race their lookups, forgets and evictions.
+  const { all, drops } = await hammerWhileDropping(t, root, dir, 104729, async () => {
     for (const n of heldNames) held.push(await fsp.open(path.join(mnt, 'held', n), 'r'));
-    counts = await results(children);
-  } finally {
-    await fsp.writeFile(stopFile, '');
-  }
-  const drops = (await dropping.message((x) => typeof x.drops === 'number')).drops as number;
-  const all = sum(counts);
+  });
   const after = await stats();
   t.log(`drop_caches x${drops}`, all, after.inodeFds);
   assertHammerOutcomes(t, all);
