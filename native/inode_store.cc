@@ -148,7 +148,7 @@ bool InodeStore::take_handle(Inode* in) {
 
 int InodeStore::acquire(Inode* in) {
   if (!in->cached.load(std::memory_order_acquire)) return in->fd;
-  for (bool retried = false;; retried = true) {
+  for (;;) {
     {
       std::lock_guard<std::mutex> g(in->fd_m);
       if (in->fd >= 0) {
@@ -165,9 +165,10 @@ int InodeStore::acquire(Inode* in) {
         in->referenced = true;
         break;
       }
-      if (retried || (errno != EMFILE && errno != ENFILE)) return -1;
+      if (errno != EMFILE && errno != ENFILE) return -1;
     }
-    // Out of descriptors: the caches give some back (not under fd_m, which a sweep takes).
+    // Out of descriptors: the caches give some back (not under fd_m, which a sweep takes), and
+    // again while they have any when other threads took them first.
     if (!sys::reclaim_fds()) {
       errno = EMFILE;
       return -1;
@@ -223,7 +224,7 @@ bool InodeStore::reclaim_fds() {
   if (n <= 16) return false;
   // An eighth at a time: open files that need descriptors get them, and the cache stays useful.
   // The capacity stays lowered: what ran the process out of descriptors may come back.
-  const size_t target = std::max<size_t>(16, n - std::max<size_t>(16, n / 8));
+  const size_t target = sys::reclaim_target(n);
   if (target < capacity_.load(std::memory_order_relaxed))
     capacity_.store(target, std::memory_order_relaxed);
   sweep_locked(target + 1);

@@ -49,11 +49,13 @@ int FileLocks::owner_fd(Inode* in, int path_fd, uint64_t owner, int* err) {
   std::lock_guard<std::mutex> g(in->m);
   if (!in->locks) in->locks = std::make_unique<LockOwners>();
   auto it = in->locks->fds.find(owner);
-  int fd;
+  int fd = -1;
   if (it == in->locks->fds.end()) {
-    fd = sys::reopen(path_fd, O_RDWR);
-    if (fd < 0) fd = sys::reopen(path_fd, O_RDONLY);
-    if (fd < 0) fd = sys::reopen(path_fd, O_WRONLY);
+    // Whichever access the caller's open allows; out of descriptors, the caches give some back.
+    for (int mode : {O_RDWR, O_RDONLY, O_WRONLY}) {
+      fd = sys::retry_fds([&] { return sys::reopen(path_fd, mode); });
+      if (fd >= 0 || errno == EMFILE || errno == ENFILE) break;
+    }
     if (fd < 0) {
       *err = errno;
       return -1;
@@ -63,7 +65,7 @@ int FileLocks::owner_fd(Inode* in, int path_fd, uint64_t owner, int* err) {
     fd = it->second;
   }
   // A duplicate, so a concurrent FLUSH closing the owner's descriptor cannot pull it away.
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  int d = sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); });
   if (d < 0) *err = errno;
   return d;
 }
@@ -126,7 +128,7 @@ int FileLocks::flock(fuse_req_t req, int fd, int op) {
   if (::flock(fd, op | LOCK_NB) == 0) return 0;
   int err = errno;
   if (err != EWOULDBLOCK || (op & LOCK_NB) || (op & LOCK_UN)) return err;
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  int d = sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); });
   if (d < 0) return errno;
   return wait_async(req, d, true, op & ~LOCK_NB, {});
 }

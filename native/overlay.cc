@@ -449,7 +449,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
         size_t b = target.find_first_not_of('/');
         std::string rel = b == std::string::npos ? "." : target.substr(b);
         for (size_t j = s.layer + 1; j < layers_.size(); j++) {
-          int cur = sys::open_beneath(layers_[j].fd, rel.c_str(), O_PATH | O_DIRECTORY);
+          int cur = sys::retry_fds(
+              [&] { return sys::open_beneath(layers_[j].fd, rel.c_str(), O_PATH | O_DIRECTORY); });
           if (cur < 0) continue;
           DirXattrs lx = read_dir_xattrs(cur);
           f->lowers.push_back({static_cast<int>(j), cur, lx.opaque == 'x'});
@@ -473,7 +474,8 @@ int OverlayFs::resolve(const RealState& dir, const char* name, Found* f) {
   if (has_upper_ && f->layer != 0 && !S_ISDIR(f->st.st_mode) && f->st.st_nlink > 1) {
     std::string idx = index_name(f->fd, f->layer);
     if (!idx.empty()) {
-      int ifd = openat(index_fd_, idx.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+      int ifd = sys::retry_fds(
+          [&] { return openat(index_fd_, idx.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); });
       if (ifd >= 0) {
         struct stat ist;
         if (fstat(ifd, &ist) == 0) {
@@ -804,7 +806,7 @@ int OverlayFs::read(Request&, fuse_ino_t ino, size_t size, off_t off, fuse_file_
     // Opened before a copy-up, the handle still holds the lower file. Read the current object, as
     // kernel overlayfs does: lower data would land in the page cache every open of the inode
     // shares, and new readers would see it instead of the copied-up file's.
-    int fd = sys::reopen(s->fd, O_RDONLY);
+    int fd = sys::retry_fds([&] { return sys::reopen(s->fd, O_RDONLY); });
     if (fd < 0) return errno;
     out->data.resize(size);
     ssize_t n = pread(fd, out->data.data(), size, off);
@@ -848,7 +850,7 @@ int OverlayFs::write_buf(Request&, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_
 
 int OverlayFs::flush(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   locks_.release_owner(inode(ino), fi->lock_owner);
-  int d = dup(file_handle(fi)->fd);
+  int d = sys::retry_fds([&] { return fcntl(file_handle(fi)->fd, F_DUPFD_CLOEXEC, 0); });
   if (d < 0) return errno;
   return close(d) == 0 ? 0 : errno;
 }

@@ -113,9 +113,9 @@ bool OverlayFs::decode_origin(const std::string& fb, InodeKey* key, uint32_t* lo
     h.fh.handle_type = type;
     memcpy(h.fh.f_handle, fid, fid_len);
     // open_by_handle_at() refuses an O_PATH mount descriptor (EBADF): use a real one.
-    int mfd = openat(l.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int mfd = sys::retry_fds([&] { return openat(l.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
     if (mfd < 0) continue;
-    int fd = open_by_handle_at(mfd, &h.fh, O_PATH | O_CLOEXEC);
+    int fd = sys::retry_fds([&] { return open_by_handle_at(mfd, &h.fh, O_PATH | O_CLOEXEC); });
     close(mfd);
     if (fd < 0) continue;  // a layer on another filesystem with the same (missing) uuid
     struct stat st;
@@ -319,7 +319,7 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
     // The data is already in work/index: the copy-up of this name is one more hard link.
     if (linkat(s->fd, "", pdir, name.c_str(), AT_EMPTY_PATH) != 0) return errno;
     set_nlink_diff(in, in->nlink_diff - 1);  // one more real link, the same merged count
-    ns->fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+    ns->fd = sys::retry_fds([&] { return fcntl(s->fd, F_DUPFD_CLOEXEC, 0); });
     ns->real = s->real;
   } else {
     const std::string tmp = temp_name();
@@ -329,7 +329,9 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
     switch (st.st_mode & S_IFMT) {
       case S_IFDIR: {
         if (mkdirat(tmp_fd_, tmp.c_str(), 0700) != 0) return errno;
-        int dfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int dfd = sys::retry_fds([&] {
+          return openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        });
         err = dfd < 0 ? errno : copy_meta(s->fd, dfd, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, dfd);
         if (!err &&
@@ -342,19 +344,24 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         }
         result = dfd;
         // The copied directory now merges the layers below it.
-        ns->lowers.push_back({s->layer, fcntl(s->fd, F_DUPFD_CLOEXEC, 0), s->xwhiteouts});
-        for (auto& d : s->lowers)
-          ns->lowers.push_back({d.layer, fcntl(d.fd, F_DUPFD_CLOEXEC, 0), d.xwhiteouts});
+        auto dup = [](int fd) {
+          return sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); });
+        };
+        ns->lowers.push_back({s->layer, dup(s->fd), s->xwhiteouts});
+        for (auto& d : s->lowers) ns->lowers.push_back({d.layer, dup(d.fd), d.xwhiteouts});
         break;
       }
       case S_IFREG: {
-        int src = data ? sys::reopen(s->fd, O_RDONLY) : -1;
+        int src = data ? sys::retry_fds([&] { return sys::reopen(s->fd, O_RDONLY); }) : -1;
         if (data && src < 0) return errno;
         bool named = false;
-        int dst = openat(tmp_fd_, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-        if (dst < 0) {
+        int dst = sys::retry_fds(
+            [&] { return openat(tmp_fd_, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600); });
+        if (dst < 0 && errno != EMFILE && errno != ENFILE) {
           named = true;
-          dst = openat(tmp_fd_, tmp.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+          dst = sys::retry_fds([&] {
+            return openat(tmp_fd_, tmp.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+          });
         }
         if (dst < 0) {
           err = errno;
@@ -387,7 +394,7 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
           close(dst);
           return err;
         }
-        result = sys::reopen(dst, O_PATH);
+        result = sys::retry_fds([&] { return sys::reopen(dst, O_PATH); });
         close(dst);
         if (!idx.empty()) {
           in->nlink_diff = static_cast<int>(st.st_nlink) - 2;
@@ -408,7 +415,8 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
           r = mknodat(tmp_fd_, tmp.c_str(), (st.st_mode & S_IFMT) | 0600, st.st_rdev);
         }
         if (r != 0) return errno;
-        int nfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        int nfd = sys::retry_fds(
+            [&] { return openat(tmp_fd_, tmp.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); });
         err = nfd < 0 ? errno : copy_meta(s->fd, nfd, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, nfd);
         if (!err &&

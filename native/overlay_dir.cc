@@ -101,7 +101,8 @@ int OverlayFs::list_merged(const RealState& dir, std::vector<Entry>* out, unsign
           if (n >= 0) {
             origin.assign(v, static_cast<size_t>(n));
           } else if (errno == ENOSYS || errno == ERANGE) {
-            int efd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+            int efd = sys::retry_fds(
+                [&] { return openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC); });
             if (efd >= 0) {
               get_xattr_string(efd, kOvlOrigin, &origin);
               close(efd);
@@ -159,7 +160,7 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
     (void)pst;
     entries.push_back({"..", DT_DIR, pino});
     // A copy-up since the directory's state was read makes it impure without a new state.
-    const unsigned lf = kListInos | (dir->impure.load() ? kListImpure : 0);
+    const unsigned lf = kListInos | (dir->impure.load() ? unsigned{kListImpure} : 0u);
     if (int err = list_merged(*s, &entries, lf)) return err;
     h->entries = std::move(entries);
     h->served = false;
@@ -214,7 +215,7 @@ int OverlayFs::fsyncdir(Request&, fuse_ino_t ino, int datasync, fuse_file_info*)
   auto s = inode(ino)->state();
   if (s->fd < 0) return ESTALE;                               // file-handle mode: gone
   if (!s->in_upper || cfg_.overlay.volatile_upper) return 0;  // nothing to make durable
-  int fd = openat(s->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = sys::retry_fds([&] { return openat(s->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   if (fd < 0) return errno;
   int r = datasync ? fdatasync(fd) : ::fsync(fd);
   int err = r == 0 ? 0 : errno;

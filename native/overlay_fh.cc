@@ -170,7 +170,7 @@ bool OvFdCache::reclaim_fds() {
   const size_t n = open_.load(std::memory_order_relaxed);
   if (n <= 16) return false;
   // An eighth at a time, as the passthrough's cache; the capacity stays that low.
-  const size_t target = std::max<size_t>(16, n - std::max<size_t>(16, n / 8));
+  const size_t target = sys::reclaim_target(n);
   if (target < capacity_.load(std::memory_order_relaxed))
     capacity_.store(target, std::memory_order_relaxed);
   sweep_locked(target, nullptr);
@@ -212,16 +212,20 @@ std::shared_ptr<const RealState> OvInode::reopen_state(std::unique_lock<std::mut
   // have got the state since (state() is the only way out, and it reopens first).
   auto* s = const_cast<RealState*>(state_.get());
   bool ok = cache->reopen(*s);
-  if (!ok && (errno == EMFILE || errno == ENFILE)) {
-    // Out of descriptors: the caches give some back, not under state_m (a sweep takes it). The
-    // state may have been replaced or reopened meanwhile.
+  while (!ok && (errno == EMFILE || errno == ENFILE)) {
+    // Out of descriptors: the caches give some back, not under state_m (a sweep takes it), and
+    // again while they have any when other threads took them first. The state may have been
+    // replaced or reopened meanwhile.
     g.unlock();
     const bool freed = sys::reclaim_fds();
     g.lock();
     if (!state_ || state_->fd >= 0 || !state_->handled) return state_;
     s = const_cast<RealState*>(state_.get());
-    ok = freed && cache->reopen(*s);
-    if (!freed) errno = EMFILE;
+    if (!freed) {
+      errno = EMFILE;
+      break;
+    }
+    ok = cache->reopen(*s);
   }
   if (!ok) {
     // ESTALE: the object is gone (deleted behind the mount). Give this caller a state without

@@ -60,7 +60,8 @@ int OverlayFs::name_in_lowers(const RealState& dir, const char* name, bool* exis
 }
 
 int OverlayFs::remove_work_tree(const char* name) {
-  int fd = openat(tmp_fd_, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int fd = sys::retry_fds(
+      [&] { return openat(tmp_fd_, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC); });
   if (fd >= 0) {
     sys::remove_contents(fd);
     close(fd);
@@ -111,7 +112,9 @@ int OverlayFs::create_object(
   int err = 0;
   if (is_dir) {
     // What the whiteout hid must stay hidden: the new directory is opaque.
-    int dfd = openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int dfd = sys::retry_fds([&] {
+      return openat(tmp_fd_, tmp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    });
     err = dfd < 0 ? errno : set_xattr_string(dfd, kOvlOpaque, "y");
     if (dfd >= 0) close(dfd);
     if (!err && renameat2(tmp_fd_, tmp.c_str(), ds->fd, name, RENAME_EXCHANGE) != 0) err = errno;
@@ -225,7 +228,8 @@ int OverlayFs::tmpfile(Request& r, fuse_ino_t parent, mode_t mode, fuse_file_inf
   }
   struct stat st;
   int dup = -1;
-  if (fstat(fd, &st) != 0 || (dup = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+  if (fstat(fd, &st) != 0 ||
+      (dup = sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); })) < 0) {
     int err = errno;
     close(fd);
     return err;

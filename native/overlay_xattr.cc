@@ -88,7 +88,7 @@ DirXattrs read_dir_xattrs(int path_fd) {
 bool is_whiteout(const struct stat& st, int dirfd, const char* name, bool xwhiteouts) {
   if (S_ISCHR(st.st_mode)) return st.st_rdev == makedev(0, 0);
   if (!xwhiteouts || !S_ISREG(st.st_mode) || st.st_size != 0) return false;
-  int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  int fd = sys::retry_fds([&] { return openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC); });
   if (fd < 0) return false;
   bool w = sys::getxattr_fd(fd, kOvlWhiteout, nullptr, 0) >= 0;
   close(fd);

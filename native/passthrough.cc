@@ -367,7 +367,7 @@ int PassthroughFs::setattr(Request&, fuse_ino_t ino, struct stat* attr, int to_s
     if (r != 0) return errno;
   }
   if ((to_set & FUSE_SET_ATTR_KILL_SUID) && !(to_set & FUSE_SET_ATTR_MODE) && S_ISREG(in->type)) {
-    int fd = h ? h->fd : sys::reopen(ifd, O_RDONLY);
+    int fd = h ? h->fd : sys::retry_fds([&] { return sys::reopen(ifd, O_RDONLY); });
     if (fd >= 0) {
       kill_suidgid(fd);
       if (!h) close(fd);
@@ -530,7 +530,8 @@ int PassthroughFs::adopt(int fd, bool keep_fd, Inode* dir, const char* name, fus
   if (!in) {
     // The inode's own descriptor: O_PATH to the same file, or (O_TMPFILE) a duplicate, since an
     // anonymous file can only be linked in later through a real descriptor.
-    int pfd = keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH);
+    int pfd = sys::retry_fds(
+        [&] { return keep_fd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : sys::reopen(fd, O_PATH); });
     if (pfd < 0) return errno;
     bool created;
     in = insert(st, pfd, fd, dir, name, &created);
@@ -563,7 +564,8 @@ int PassthroughFs::create(Request& r, fuse_ino_t parent, const char* name, mode_
         [&] { return openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777)); });
     if (fd < 0 && errno == EACCES && (fi->flags & O_ACCMODE) == O_WRONLY) {
       flags = (flags & ~O_ACCMODE) | O_WRONLY;
-      fd = openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777));
+      fd = sys::retry_fds(
+          [&] { return openat(d.get(), name, flags | O_CLOEXEC, creds.mask_mode(mode & 07777)); });
     }
     if (fd < 0) return errno;
   }
@@ -645,7 +647,7 @@ int PassthroughFs::flush(Request&, fuse_ino_t ino, fuse_file_info* fi) {
   // Any close by a process releases its POSIX locks on the file.
   locks_.release_owner(inode(ino), fi->lock_owner);
   FileHandle* h = fh(fi);
-  int d = dup(h->fd);
+  int d = sys::retry_fds([&] { return fcntl(h->fd, F_DUPFD_CLOEXEC, 0); });
   if (d < 0) return errno;
   return close(d) == 0 ? 0 : errno;
 }
@@ -932,7 +934,7 @@ int PassthroughFs::invalidations_for(const std::string& path, Invalidations* out
     return 0;
   }
   // Walk the source the way lookups do: one name at a time, never following a symlink.
-  int cur = fcntl(store_.root()->fd, F_DUPFD_CLOEXEC, 0);
+  int cur = sys::retry_fds([&] { return fcntl(store_.root()->fd, F_DUPFD_CLOEXEC, 0); });
   struct stat st;
   fstat(cur, &st);
   for (size_t i = 0; i < comps.size(); i++) {
@@ -941,7 +943,8 @@ int PassthroughFs::invalidations_for(const std::string& path, Invalidations* out
       return EINVAL;
     }
     InodeKey dir_key{static_cast<uint64_t>(st.st_dev), st.st_ino};
-    int next = openat(cur, comps[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    int next = sys::retry_fds(
+        [&] { return openat(cur, comps[i].c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); });
     if (i + 1 == comps.size()) {
       // The last name: forget the entry even if the source lost it, and the object if any.
       if (Inode* d = store_.ref(dir_key)) {

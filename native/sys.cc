@@ -6,6 +6,7 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -44,8 +45,19 @@ std::atomic<bool> g_no_xattrat{false};     // no *xattrat() calls (kernels befor
 std::atomic<bool> g_no_empty_path{false};  // *xattrat() refuses O_PATH descriptors with ""
 std::atomic<bool> g_no_fchmodat2{false};
 
+// Opened once, on first use; not kept as a failure when that use found the process out of
+// descriptors (every later reopen would fail with EBADF).
 int proc_fd_dir() {
-  static const int fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  static std::atomic<int> cached{-1};
+  int fd = cached.load(std::memory_order_acquire);
+  if (fd >= 0) return fd;
+  fd = retry_fds([] { return open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC); });
+  if (fd < 0) return -1;
+  int none = -1;
+  if (!cached.compare_exchange_strong(none, fd, std::memory_order_acq_rel)) {
+    close(fd);  // another thread's won
+    return none;
+  }
   return fd;
 }
 
@@ -123,7 +135,7 @@ bool fs_uuid(int path_fd, uint8_t out[16]) {
 }
 
 int remove_contents(int dirfd) {
-  int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = retry_fds([&] { return openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   if (fd < 0) return -1;
   DIR* d = fdopendir(fd);
   if (!d) {
@@ -138,7 +150,8 @@ int remove_contents(int dirfd) {
       result = -1;
       continue;
     }
-    int sub = openat(fd, e->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int sub = retry_fds(
+        [&] { return openat(fd, e->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC); });
     if (sub < 0 || remove_contents(sub) != 0) result = -1;
     if (sub >= 0) close(sub);
     if (unlinkat(fd, e->d_name, AT_REMOVEDIR) != 0) result = -1;
@@ -150,7 +163,9 @@ int remove_contents(int dirfd) {
 int reopen(int fd, int flags) {
   char name[16];
   snprintf(name, sizeof name, "%d", fd);
-  return openat(proc_fd_dir(), name, (flags & ~O_NOFOLLOW) | O_CLOEXEC);
+  const int pd = proc_fd_dir();
+  if (pd < 0) return -1;
+  return openat(pd, name, (flags & ~O_NOFOLLOW) | O_CLOEXEC);
 }
 
 int fchmod_path(int fd, mode_t mode, bool is_symlink) {
@@ -282,6 +297,15 @@ bool reclaim_fds() {
   }
   errno = saved;
   return any;
+}
+
+size_t reclaim_target(size_t n) {
+  static const bool one = [] {
+    const char* v = getenv("FUSEKIT_TEST_RECLAIM_ONE");
+    return v && strcmp(v, "1") == 0;
+  }();
+  if (one) return n - 1;
+  return std::max<size_t>(16, n - std::max<size_t>(16, n / 8));
 }
 
 size_t default_fd_cache_capacity() {

@@ -73,18 +73,25 @@ void remove_reclaimer(FdReclaimer* r);
 // Asks every registered cache to give descriptors back; true when any did.
 bool reclaim_fds();
 
+// How many of n cached descriptors (n > 16) a cache keeps when it gives some back: an eighth
+// fewer, at least 16 fewer, never fewer than 16. With FUSEKIT_TEST_RECLAIM_ONE=1 in the
+// environment (tests) one fewer, so that every open on a request's path meets EMFILE in turn.
+size_t reclaim_target(size_t n);
+
 // Default capacity of a descriptor cache under RLIMIT_NOFILE: the limit less a reserve for open
 // files, directories and the rest of the process (an eighth of the limit, or 8192 or half of it
 // where that is more), at most 65536. The caches give descriptors back when the daemon's own
 // opens need more (reclaim_fds).
 size_t default_fd_cache_capacity();
 
-// Runs open(), which returns a descriptor or -1/errno, once more after the caches gave
-// descriptors back when it failed for want of them. The caller holds no cache lock.
+// Runs open(), which returns a descriptor or -1/errno, again each time the caches gave
+// descriptors back after it failed for want of them: other threads may take what one reclaim
+// freed before the retry. Ends when the caches have none left to give. The caller holds no cache
+// lock.
 template <typename F>
 int retry_fds(F open) {
   int fd = open();
-  if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reclaim_fds()) fd = open();
+  while (fd < 0 && (errno == EMFILE || errno == ENFILE) && reclaim_fds()) fd = open();
   return fd;
 }
 

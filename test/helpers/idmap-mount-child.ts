@@ -1,8 +1,9 @@
 // A mount held by a child process, so the daemon can run under its own limits (e.g. started by
 // `prlimit --nofile=4096:4096`). argv[2]: the mount options (JSON). Prints one JSON line when
 // mounted ({ ok, pid, nofile }) or failed ({ ok: false, code, message }); then reads commands on
-// stdin: "stats" prints { stats }, "exit" unmounts and exits.
-import { readFileSync } from 'node:fs';
+// stdin: "stats" prints { stats }, "fill" opens /dev/null until the process has no descriptor left
+// and prints { filled }, "unfill" closes those and prints { unfilled }, "exit" unmounts and exits.
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as readline from 'node:readline';
 
 import { type MountOptions, mount } from '../../lib';
@@ -34,10 +35,28 @@ async function main(): Promise<void> {
     return;
   }
   print({ ok: true, pid: process.pid, nofile: nofile() });
+  const fillers: number[] = [];
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (line) => {
     const cmd = line.trim();
     if (cmd === 'stats') print({ stats: m.stats() });
+    if (cmd === 'fill') {
+      // Takes every free descriptor number, holes included: the next open anywhere in the
+      // process fails with EMFILE, as in a process that really ran out.
+      for (;;) {
+        try {
+          fillers.push(openSync('/dev/null', 'r'));
+        } catch (e) {
+          print({ filled: fillers.length, code: (e as NodeJS.ErrnoException).code });
+          break;
+        }
+      }
+    }
+    if (cmd === 'unfill') {
+      const n = fillers.length;
+      for (const fd of fillers.splice(0)) closeSync(fd);
+      print({ unfilled: n });
+    }
     if (cmd === 'exit') {
       rl.close();
       m.unmount({ lazy: true }).then(

@@ -77,7 +77,8 @@ export function umountLazy(dir: string): void {
   if (isMounted(dir)) spawnSync('umount', ['-l', dir], { stdio: 'ignore' });
 }
 
-/** A snapshot of a tree: relative path -> content (files), '<dir>' or '-> target' (symlinks). */
+/** A snapshot of a tree: relative path -> content (files), '<dir>', '-> target' (symlinks) or
+ * '<special>' (fifos, sockets, devices: never opened, a fifo would block). */
 export async function snapshot(root: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   async function walk(dir: string, rel: string): Promise<void> {
@@ -90,6 +91,8 @@ export async function snapshot(root: string): Promise<Record<string, string>> {
         await walk(p, r);
       } else if (e.isSymbolicLink()) {
         out[r] = '-> ' + (await fsp.readlink(p));
+      } else if (!e.isFile()) {
+        out[r] = '<special>';
       } else {
         out[r] = (await fsp.readFile(p)).toString('base64');
       }
