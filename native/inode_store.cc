@@ -120,8 +120,8 @@ void InodeStore::enable_handles(int mount_fd, dev_t dev, size_t capacity) {
   mount_fd_ = mount_fd;
   handles_ = mount_fd >= 0;
   handle_dev_ = dev;
-  capacity_ = capacity < 16 ? 16 : capacity;
-  ring_.reserve(capacity_);
+  capacity_.set(capacity < 16 ? 16 : capacity);
+  ring_.reserve(capacity_.get());
   if (handles_) sys::add_reclaimer(this);
 }
 
@@ -189,7 +189,7 @@ void InodeStore::release(Inode* in) {
 void InodeStore::cache_insert(Inode* in) {
   std::lock_guard<std::mutex> g(cache_m_);
   if (in->ring_pos >= 0) return;
-  sweep_locked(capacity_.load(std::memory_order_relaxed));
+  sweep_locked(capacity_.for_insert(ring_.size()));
   in->ring_pos = static_cast<int64_t>(ring_.size());
   ring_.push_back(in);
 }
@@ -223,10 +223,9 @@ bool InodeStore::reclaim_fds() {
   const size_t n = ring_.size();
   if (n <= 16) return false;
   // An eighth at a time: open files that need descriptors get them, and the cache stays useful.
-  // The capacity stays lowered: what ran the process out of descriptors may come back.
+  // The capacity stays lowered until no shortage came for a while (FdCapacity).
   const size_t target = sys::reclaim_target(n);
-  if (target < capacity_.load(std::memory_order_relaxed))
-    capacity_.store(target, std::memory_order_relaxed);
+  capacity_.lower(target);
   sweep_locked(target + 1);
   return ring_.size() < n;
 }

@@ -148,8 +148,9 @@ class InodeStore final : public sys::FdReclaimer {
   // bounded number of descriptors. mount_fd: a descriptor on that filesystem (not O_PATH).
   void enable_handles(int mount_fd, dev_t dev, size_t capacity);
   bool handles() const { return handles_; }
-  size_t fd_capacity() const { return capacity_.load(std::memory_order_relaxed); }
-  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low.
+  size_t fd_capacity() const { return capacity_.get(); }
+  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low for
+  // a while.
   bool reclaim_fds() override;
   size_t fds_open() const { return fds_open_.load(std::memory_order_relaxed); }
   uint64_t fd_reopens() const { return reopens_.load(std::memory_order_relaxed); }
@@ -266,7 +267,7 @@ class InodeStore final : public sys::FdReclaimer {
   int mount_fd_ = -1;
   bool handles_ = false;  // stays set after clear(), for stats
   dev_t handle_dev_ = 0;
-  std::atomic<size_t> capacity_{0};
+  sys::FdCapacity capacity_;  // under cache_m_
   std::mutex cache_m_;
   std::vector<Inode*> ring_;
   size_t hand_ = 0;

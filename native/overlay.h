@@ -99,8 +99,9 @@ class OvFdCache final : public sys::FdReclaimer {
   };
   OvFdCache(std::vector<Mount> mounts, size_t capacity);
   ~OvFdCache();
-  size_t capacity() const { return capacity_.load(std::memory_order_relaxed); }
-  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low.
+  size_t capacity() const { return capacity_.get(); }
+  // Out of descriptors: closes an eighth of the cached ones and keeps the capacity that low for
+  // a while.
   bool reclaim_fds() override;
   size_t open() const { return open_.load(std::memory_order_relaxed); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
@@ -126,7 +127,7 @@ class OvFdCache final : public sys::FdReclaimer {
   void sweep_locked(size_t limit, const OvInode* keep);
 
   std::vector<Mount> mounts_;  // by layer index
-  std::atomic<size_t> capacity_;
+  sys::FdCapacity capacity_;   // under m_
   std::mutex m_;
   std::vector<OvInode*> ring_;
   size_t hand_ = 0;

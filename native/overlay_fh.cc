@@ -34,9 +34,9 @@ struct HandleBuf {
 
 }  // namespace
 
-OvFdCache::OvFdCache(std::vector<Mount> mounts, size_t capacity)
-    : mounts_(std::move(mounts)), capacity_(capacity < 16 ? 16 : capacity) {
-  ring_.reserve(capacity_);
+OvFdCache::OvFdCache(std::vector<Mount> mounts, size_t capacity) : mounts_(std::move(mounts)) {
+  capacity_.set(capacity < 16 ? 16 : capacity);
+  ring_.reserve(capacity_.get());
   sys::add_reclaimer(this);
 }
 
@@ -112,7 +112,7 @@ void OvFdCache::drop_at(size_t pos) {
 
 void OvFdCache::insert(OvInode* in) {
   std::lock_guard<std::mutex> g(m_);
-  sweep_locked(capacity_.load(std::memory_order_relaxed), in);
+  sweep_locked(capacity_.for_insert(open_.load(std::memory_order_relaxed)), in);
   if (in->ring_pos >= 0) return;
   in->ring_pos = static_cast<int64_t>(ring_.size());
   ring_.push_back(in);
@@ -169,10 +169,9 @@ bool OvFdCache::reclaim_fds() {
   std::lock_guard<std::mutex> g(m_);
   const size_t n = open_.load(std::memory_order_relaxed);
   if (n <= 16) return false;
-  // An eighth at a time, as the passthrough's cache; the capacity stays that low.
+  // An eighth at a time, as the passthrough's cache; the capacity stays that low for a while.
   const size_t target = sys::reclaim_target(n);
-  if (target < capacity_.load(std::memory_order_relaxed))
-    capacity_.store(target, std::memory_order_relaxed);
+  capacity_.lower(target);
   sweep_locked(target, nullptr);
   return open_.load(std::memory_order_relaxed) < n;
 }

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -72,6 +74,37 @@ void add_reclaimer(FdReclaimer* r);
 void remove_reclaimer(FdReclaimer* r);
 // Asks every registered cache to give descriptors back; true when any did.
 bool reclaim_fds();
+
+// The capacity of a descriptor cache. Lowered when the process runs out of descriptors; grown
+// back, one descriptor per insert into a full cache, to the configured size once none ran out
+// for kRegrowQuiet: a burst of open files must not shrink the cache for the daemon's life. If the
+// shortage comes back, the next reclaim lowers it again. The cache's lock serializes the calls
+// but get(), which stats read.
+class FdCapacity {
+ public:
+  static constexpr std::chrono::seconds kRegrowQuiet{5};
+  void set(size_t max) {
+    max_ = max;
+    cur_.store(max, std::memory_order_relaxed);
+  }
+  size_t get() const { return cur_.load(std::memory_order_relaxed); }
+  void lower(size_t target) {
+    if (target < get()) cur_.store(target, std::memory_order_relaxed);
+    lowered_ = std::chrono::steady_clock::now();
+  }
+  // The capacity for an insert into a cache that holds `held` descriptors before it.
+  size_t for_insert(size_t held) {
+    size_t cur = get();
+    if (held >= cur && cur < max_ && std::chrono::steady_clock::now() - lowered_ >= kRegrowQuiet)
+      cur_.store(++cur, std::memory_order_relaxed);
+    return cur;
+  }
+
+ private:
+  size_t max_ = 0;
+  std::atomic<size_t> cur_{0};
+  std::chrono::steady_clock::time_point lowered_{};
+};
 
 // How many of n cached descriptors (n > 16) a cache keeps when it gives some back: an eighth
 // fewer, at least 16 fewer, never fewer than 16. With FUSEKIT_TEST_RECLAIM_ONE=1 in the

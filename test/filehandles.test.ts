@@ -425,6 +425,16 @@ async function openAllUnderPressure(t: ExecutionContext, overlay: boolean): Prom
   // Still serving: a new file through the mount, read back from where it landed.
   await fsp.writeFile(path.join(mnt, 'new'), 'after the shortage');
   t.is(fs.readFileSync(path.join(overlay ? upper : data, 'new'), 'utf8'), 'after the shortage');
+
+  // The shortage ends with the open files: once none came for a while (5 s), the cache grows
+  // back to its size as it is used, instead of staying small for the daemon's life.
+  await Promise.all(held.splice(0).map((h) => h.close()));
+  await new Promise((r) => setTimeout(r, 6_000));
+  for (const n of names) fs.readFileSync(path.join(mnt, n)); // an open takes the inode's descriptor
+  const regrown = await child.stats();
+  t.log({ regrown: regrown.inodeFds });
+  t.true(regrown.inodeFds.capacity > after.inodeFds.capacity, 'the cache grew back');
+  t.true(regrown.inodeFds.capacity <= before.inodeFds.capacity, 'no larger than configured');
 }
 
 test('open files take descriptors back from the cache when the daemon runs out', async (t) => {
