@@ -142,8 +142,11 @@ int OverlayFs::readdir(Request&, fuse_ino_t ino, size_t, off_t off, fuse_file_in
   OvInode* dir = inode(ino);
   OvDirHandle* h = odh(fi);
   std::lock_guard<std::mutex> g(h->m);
-  if (off == 0 && (h->entries.empty() || h->served)) {
-    // (Re)build: on the first read, and on a rewind, as POSIX rewinddir() asks.
+  if (h->entries.empty() || (off == 0 && h->served)) {
+    // (Re)build: on the first read, and on a rewind, as POSIX rewinddir() asks. The first read
+    // may come at an offset another open reached: the kernel's readdir cache goes on from the
+    // daemon that way when it loses its pages mid-listing, and seekdir() on a new stream too.
+    // Offsets index the listing, which is the same in a new snapshot of an unchanged directory.
     auto s = dir->state();
     if (s->fd < 0) return ESTALE;  // file-handle mode: gone
     std::vector<Entry> entries;

@@ -512,6 +512,43 @@ static int cmd_readdir(int argc, char** argv) {
   return 0;
 }
 
+// Reads N names from one stream, then the rest from a second stream of the same directory
+// positioned with seekdir() at the first one's telldir(): the kernel's readdir cache does the
+// same when it loses its pages mid-listing and goes on from the daemon with the open it has.
+static int cmd_readdirseek(int argc, char** argv) {
+  if (argc < 3) return usage("readdirseek PATH N");
+  long n = strtol(argv[2], NULL, 10);
+  DIR* a = opendir(argv[1]);
+  if (!a) return fail("opendir");
+  put("{\"first\":[");
+  errno = 0;
+  for (long i = 0; i < n; i++) {
+    struct dirent* e = readdir(a);
+    if (!e) break;
+    put("%s", i ? "," : "");
+    put_str(e->d_name);
+  }
+  if (errno) return fail("readdir");
+  long pos = telldir(a);
+  DIR* b = opendir(argv[1]);
+  if (!b) return fail("opendir");
+  seekdir(b, pos);
+  put("],\"rest\":[");
+  int first = 1;
+  errno = 0;
+  for (struct dirent* e; (e = readdir(b)) != NULL; errno = 0) {
+    put("%s", first ? "" : ",");
+    put_str(e->d_name);
+    first = 0;
+  }
+  if (errno) return fail("readdir");
+  put("]}");
+  closedir(a);
+  closedir(b);
+  flush_line();
+  return 0;
+}
+
 static int cmd_statvfs(int argc, char** argv) {
   if (argc < 2) return usage("statvfs PATH");
   struct statvfs s;
@@ -707,6 +744,7 @@ static int dispatch(int argc, char** argv) {
   if (!strcmp(c, "handle")) return cmd_handle(argc, argv);
   if (!strcmp(c, "mmap")) return cmd_mmap(argc, argv);
   if (!strcmp(c, "readdir")) return cmd_readdir(argc, argv);
+  if (!strcmp(c, "readdirseek")) return cmd_readdirseek(argc, argv);
   if (!strcmp(c, "create")) return cmd_create(argc, argv);
   if (!strcmp(c, "mkdir") || !strcmp(c, "unlink") || !strcmp(c, "rmdir") || !strcmp(c, "rename") ||
       !strcmp(c, "link") || !strcmp(c, "symlink") || !strcmp(c, "chmod") || !strcmp(c, "chown"))

@@ -294,6 +294,13 @@ export function readdir(p: string): [string, string, number][] {
   return run(['readdir', p]).entries as [string, string, number][];
 }
 
+/** The first n names from one directory stream, then the rest from a second one positioned with
+ * seekdir() at the first's telldir(). */
+export function readdirSeek(p: string, n: number): { first: string[]; rest: string[] } {
+  const r = run(['readdirseek', p, String(n)]);
+  return { first: r.first as string[], rest: r.rest as string[] };
+}
+
 export interface Statvfs {
   bsize: number;
   frsize: number;
