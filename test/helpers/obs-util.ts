@@ -13,21 +13,22 @@ import { umountLazy } from './proc-util';
  * 'dir 755 [a,b]' or 'link -> target'. Read with plain system calls, through a mount or not.
  */
 export function view(p: string): string {
-  let st: fs.Stats;
+  // Errors anywhere are part of the view, not a failure: while invalidations arrive, the name
+  // may still be cached when the object behind it is already gone (lstat, then readdir ENOENT).
   try {
-    st = fs.lstatSync(p);
+    const st = fs.lstatSync(p);
+    const mode = (st.mode & 0o7777).toString(8);
+    if (st.isSymbolicLink()) return `link -> ${fs.readlinkSync(p)}`;
+    if (st.isDirectory()) return `dir ${mode} [${fs.readdirSync(p).sort().join(',')}]`;
+    if (st.isFile()) {
+      const data = fs.readFileSync(p, 'latin1');
+      // The size the kernel reports is cached apart from the data: both must be right.
+      return `file ${mode} size=${st.size} ${JSON.stringify(data)}`;
+    }
+    return `other ${mode}`;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code ?? 'error';
   }
-  const mode = (st.mode & 0o7777).toString(8);
-  if (st.isSymbolicLink()) return `link -> ${fs.readlinkSync(p)}`;
-  if (st.isDirectory()) return `dir ${mode} [${fs.readdirSync(p).sort().join(',')}]`;
-  if (st.isFile()) {
-    const data = fs.readFileSync(p, 'latin1');
-    // The size the kernel reports is cached apart from the data: both must be right.
-    return `file ${mode} size=${st.size} ${JSON.stringify(data)}`;
-  }
-  return `other ${mode}`;
 }
 
 /** view() of each name under root ('' is root itself). */
