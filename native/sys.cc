@@ -45,8 +45,8 @@ std::atomic<bool> g_no_xattrat{false};     // no *xattrat() calls (kernels befor
 std::atomic<bool> g_no_empty_path{false};  // *xattrat() refuses O_PATH descriptors with ""
 std::atomic<bool> g_no_fchmodat2{false};
 
-// Opened once, on first use; not kept as a failure when that use found the process out of
-// descriptors (every later reopen would fail with EBADF).
+// Opened once for the process, by the first mount (open_proc_fd_dir). A failure is not kept:
+// kept, every later reopen would fail with EBADF.
 int proc_fd_dir() {
   static std::atomic<int> cached{-1};
   int fd = cached.load(std::memory_order_acquire);
@@ -159,6 +159,8 @@ int remove_contents(int dirfd) {
   closedir(d);
   return result;
 }
+
+bool open_proc_fd_dir() { return proc_fd_dir() >= 0; }
 
 int reopen(int fd, int flags) {
   char name[16];

@@ -56,6 +56,10 @@ int open_beneath(int dirfd, const char* path, int flags);
 // Reads a small text file (sysfs/procfs); empty on error.
 std::string read_text(const char* path);
 
+// Opens the /proc/self/fd directory that reopen() and the xattr calls on O_PATH descriptors go
+// through, once for the process (at mount); false/errno when it cannot.
+bool open_proc_fd_dir();
+
 // ---- running out of descriptors
 
 // A cache of descriptors that can give some back when the process runs out (EMFILE/ENFILE).
