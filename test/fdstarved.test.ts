@@ -4,7 +4,7 @@
 // and here gives them back one at a time (FUSEKIT_TEST_RECLAIM_ONE), so every open on a request's
 // path meets EMFILE in turn: each must get one and the operation succeed, on the passthrough and
 // on the overlay. Each operation has a daemon of its own, since a cache that gave descriptors
-// back stays smaller.
+// back stays smaller for a while.
 import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
