@@ -316,10 +316,13 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
   ns->lower_path = s->lower_path;
 
   if (in->indexed) {
-    // The data is already in work/index: the copy-up of this name is one more hard link.
+    // The data is already in work/index: the copy-up of this name is one more hard link. Every
+    // descriptor the new state needs is taken before anything is published, here and below: a
+    // failure then leaves the layers as they were.
+    ns->fd = sys::retry_fds([&] { return fcntl(s->fd, F_DUPFD_CLOEXEC, 0); });
+    if (ns->fd < 0) return errno;
     if (linkat(s->fd, "", pdir, name.c_str(), AT_EMPTY_PATH) != 0) return errno;
     set_nlink_diff(in, in->nlink_diff - 1);  // one more real link, the same merged count
-    ns->fd = sys::retry_fds([&] { return fcntl(s->fd, F_DUPFD_CLOEXEC, 0); });
     ns->real = s->real;
   } else {
     const std::string tmp = temp_name();
@@ -334,6 +337,17 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         });
         err = dfd < 0 ? errno : copy_meta(s->fd, dfd, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, dfd);
+        // The copied directory merges the layers below it (ns closes these on failure).
+        auto merge_below = [&](int fd, int layer, bool xw) {
+          if (err) return;
+          int d = sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); });
+          if (d < 0)
+            err = errno;
+          else
+            ns->lowers.push_back({layer, d, xw});
+        };
+        merge_below(s->fd, s->layer, s->xwhiteouts);
+        for (auto& d : s->lowers) merge_below(d.fd, d.layer, d.xwhiteouts);
         if (!err &&
             syscall(SYS_renameat2, tmp_fd_, tmp.c_str(), pdir, name.c_str(), RENAME_NOREPLACE) != 0)
           err = errno;
@@ -343,12 +357,6 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
           return err;
         }
         result = dfd;
-        // The copied directory now merges the layers below it.
-        auto dup = [](int fd) {
-          return sys::retry_fds([&] { return fcntl(fd, F_DUPFD_CLOEXEC, 0); });
-        };
-        ns->lowers.push_back({s->layer, dup(s->fd), s->xwhiteouts});
-        for (auto& d : s->lowers) ns->lowers.push_back({d.layer, dup(d.fd), d.xwhiteouts});
         break;
       }
       case S_IFREG: {
@@ -372,6 +380,10 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         if (src >= 0) close(src);
         if (!err) err = copy_meta(s->fd, dst, -1, nullptr, st);
         if (!err) err = set_origin(s->fd, s->layer, -1, nullptr, dst);
+        if (!err) {
+          result = sys::retry_fds([&] { return sys::reopen(dst, O_PATH); });
+          if (result < 0) err = errno;
+        }
         // Lower hard links go through work/index, where their other names find the copy.
         if (!err && st.st_nlink > 1) {
           idx = index_name(s->fd, s->layer);
@@ -391,10 +403,10 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         if (err) {
           if (named) unlinkat(tmp_fd_, tmp.c_str(), 0);
           if (!idx.empty()) unlinkat(index_fd_, idx.c_str(), 0);
+          if (result >= 0) close(result);
           close(dst);
           return err;
         }
-        result = sys::retry_fds([&] { return sys::reopen(dst, O_PATH); });
         close(dst);
         if (!idx.empty()) {
           in->nlink_diff = static_cast<int>(st.st_nlink) - 2;
@@ -431,7 +443,6 @@ int OverlayFs::copy_up_object(OvInode* in, OvInode* parent, const std::string& n
         break;
       }
     }
-    if (result < 0) return EIO;
     ns->fd = result;
     struct stat rst;
     fstat(result, &rst);

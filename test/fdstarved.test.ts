@@ -221,3 +221,45 @@ test('overlay: every operation, copy-ups included, succeeds when the daemon has 
   ]);
   await m.stop();
 });
+
+test('overlay: with no descriptor to be had, copy-up and create fail with EMFILE and change no layer', async (t) => {
+  const root = await tmpdir(t);
+  const [lower, upper, work, mnt] = ['lower', 'upper', 'work', 'mnt'].map((d) =>
+    path.join(root, d),
+  ) as [string, string, string, string];
+  mkdirs(lower, upper, work, mnt);
+  fillSource(lower);
+  const lowerBefore = await snapshot(lower);
+  // The smallest cache (16) never gives its last descriptors back: nothing can be had.
+  const d = await start(t, {
+    mountpoint: mnt,
+    overlay: { lower: [lower], upper, work },
+    maxFds: 16,
+  });
+  for (let i = 0; i < 32; i++) fs.statSync(path.join(mnt, 'many', `f${i}`));
+  for (const n of ['b', 'sub']) fs.statSync(path.join(mnt, n)); // looked up before
+  const upperBefore = await snapshot(upper);
+  const errors: string[] = [];
+  await d.starved(() => {
+    for (const op of [
+      () => fs.appendFileSync(path.join(mnt, 'b'), 'appended'), // copy-up of data
+      () => fs.chmodSync(path.join(mnt, 'sub'), 0o700), // copy-up of a directory
+      () => fs.writeFileSync(path.join(mnt, 'new'), 'new'), // create
+    ]) {
+      try {
+        op();
+        errors.push('OK');
+      } catch (e) {
+        errors.push((e as NodeJS.ErrnoException).code ?? String(e));
+      }
+    }
+  });
+  t.deepEqual(errors, ['EMFILE', 'EMFILE', 'EMFILE']);
+  t.deepEqual(await snapshot(upper), upperBefore, 'nothing reached the upper layer');
+  t.deepEqual(fs.readdirSync(path.join(work, 'work')), [], 'nothing left in the work dir');
+  t.deepEqual(await snapshot(lower), lowerBefore);
+  // Descriptors again: the same changes go through.
+  fs.appendFileSync(path.join(mnt, 'b'), 'appended');
+  t.is(fs.readFileSync(path.join(upper, 'b'), 'utf8'), 'b '.repeat(1000) + 'appended');
+  await d.stop();
+});

@@ -512,37 +512,33 @@ static int cmd_readdir(int argc, char** argv) {
   return 0;
 }
 
+// Puts up to max names read from d as a JSON array; -1 (errno) when readdir fails.
+static int put_names(DIR* d, long max) {
+  put("[");
+  errno = 0;
+  long i = 0;
+  for (struct dirent* e; i < max && (e = readdir(d)) != NULL; i++, errno = 0) {
+    put("%s", i ? "," : "");
+    put_str(e->d_name);
+  }
+  put("]");
+  return errno ? -1 : 0;
+}
+
 // Reads N names from one stream, then the rest from a second stream of the same directory
 // positioned with seekdir() at the first one's telldir(): the kernel's readdir cache does the
 // same when it loses its pages mid-listing and goes on from the daemon with the open it has.
 static int cmd_readdirseek(int argc, char** argv) {
   if (argc < 3) return usage("readdirseek PATH N");
-  long n = strtol(argv[2], NULL, 10);
   DIR* a = opendir(argv[1]);
-  if (!a) return fail("opendir");
-  put("{\"first\":[");
-  errno = 0;
-  for (long i = 0; i < n; i++) {
-    struct dirent* e = readdir(a);
-    if (!e) break;
-    put("%s", i ? "," : "");
-    put_str(e->d_name);
-  }
-  if (errno) return fail("readdir");
-  long pos = telldir(a);
   DIR* b = opendir(argv[1]);
-  if (!b) return fail("opendir");
-  seekdir(b, pos);
-  put("],\"rest\":[");
-  int first = 1;
-  errno = 0;
-  for (struct dirent* e; (e = readdir(b)) != NULL; errno = 0) {
-    put("%s", first ? "" : ",");
-    put_str(e->d_name);
-    first = 0;
-  }
-  if (errno) return fail("readdir");
-  put("]}");
+  if (!a || !b) return fail("opendir");
+  put("{\"first\":");
+  if (put_names(a, strtol(argv[2], NULL, 10)) != 0) return fail("readdir");
+  seekdir(b, telldir(a));
+  put(",\"rest\":");
+  if (put_names(b, LONG_MAX) != 0) return fail("readdir");
+  put("}");
   closedir(a);
   closedir(b);
   flush_line();
